@@ -1,0 +1,25 @@
+# One command each: `make demo` and `make test` set themselves up on a fresh machine.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_OUT ?= demo_out
+
+.PHONY: setup demo test test-all bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install -e '.[train,serve,test]'
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/trml-edge demo --out $(DEMO_OUT)
+
+test: setup
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(DEMO_OUT) .pytest_cache

@@ -1,0 +1,36 @@
+"""The ``trml-edge`` command line. Commands are thin: they build the same config objects as the Python API
+and call the same functions. Heavy libraries are imported inside commands so ``--help`` stays fast."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import typer
+
+from trml_edge.errors import TrmlEdgeError
+
+app = typer.Typer(name="trml-edge", no_args_is_help=True, add_completion=False,
+                  help="Train TRML, export it to ONNX/TensorRT, and serve it with Triton.")
+
+
+def _register() -> None:
+    # Each module adds its commands to `app` (or a sub-app) on import.
+    from trml_edge.cli import data_cmds, train_cmds  # noqa: F401
+
+    for optional in ("export_cmds", "serve_cmds", "features_cmds"):
+        try:
+            __import__(f"trml_edge.cli.{optional}")
+        except ModuleNotFoundError as e:
+            if e.name != f"trml_edge.cli.{optional}":
+                raise
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    _register()
+    try:
+        app()
+    except TrmlEdgeError as e:
+        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+        sys.exit(2)

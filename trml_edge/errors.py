@@ -1,0 +1,51 @@
+"""Typed errors. Every message says what went wrong and what to do about it."""
+
+from __future__ import annotations
+
+
+class TrmlEdgeError(Exception):
+    """Base class of every error trml-edge raises on purpose."""
+
+
+class ConfigError(TrmlEdgeError):
+    """A configuration is malformed, unknown, or from a newer version."""
+
+
+class CheckpointError(TrmlEdgeError):
+    """A run directory or weights file is missing or unreadable."""
+
+
+class DataError(TrmlEdgeError):
+    """A dataset, clip or sample is malformed."""
+
+
+class MissingModalityError(DataError):
+    """A sample has neither modality, so no prediction can be made."""
+
+
+class MissingDependencyError(TrmlEdgeError):
+    """An optional dependency is not installed."""
+
+
+class ExportError(TrmlEdgeError):
+    """A graph could not be exported or converted."""
+
+
+class ParityError(ExportError):
+    """A converted graph or pipeline is outside its error budget."""
+
+
+class BundleError(TrmlEdgeError):
+    """An export bundle is missing files or fails its hash check."""
+
+
+def require(module: str, extra: str):
+    """Import an optional dependency, or say which extra installs it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise MissingDependencyError(
+            f"'{module}' is not installed; install it with: pip install 'trml-edge[{extra}]'"
+        ) from e

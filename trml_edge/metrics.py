@@ -1,0 +1,60 @@
+"""Task metrics, as the MMSA benchmark code defines them. numpy only.
+
+Regression (CMU-MOSI / CMU-MOSEI), predictions and labels in [-3, 3]:
+
+* Has0 Acc-2 / F1: negative (< 0) against non-negative (>= 0), over every sample;
+* Non0 Acc-2 / F1: samples whose label is exactly 0 are dropped, then > 0 against <= 0 for predictions;
+* Acc-7: clip both to [-3, 3], round, compare; Acc-5: the same after clipping to [-2, 2];
+  rounding is numpy's (half to even), as in MMSA;
+* MAE and Pearson correlation.
+
+F1 is the support-weighted mean of the per-class F1 scores. Classification (MELD): accuracy and weighted F1.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def weighted_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Per-class F1, averaged with weights proportional to each class's support in ``y_true``."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    total = 0.0
+    for c in np.unique(y_true):
+        tp = np.sum((y_pred == c) & (y_true == c))
+        fp = np.sum((y_pred == c) & (y_true != c))
+        fn = np.sum((y_pred != c) & (y_true == c))
+        f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
+        total += f1 * np.sum(y_true == c)
+    return float(total / len(y_true)) if len(y_true) else 0.0
+
+
+def _multiclass_acc(pred: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.mean(np.round(pred) == np.round(truth)))
+
+
+def regression_metrics(pred, truth) -> dict[str, float]:
+    pred = np.asarray(pred, dtype=np.float64).reshape(-1)
+    truth = np.asarray(truth, dtype=np.float64).reshape(-1)
+    if pred.shape != truth.shape or not len(pred):
+        raise ValueError(f"need equal, non-empty prediction and label arrays, got {pred.shape} and {truth.shape}")
+    non0 = truth != 0
+    has0_true, has0_pred = truth >= 0, pred >= 0
+    non0_true, non0_pred = truth[non0] > 0, pred[non0] > 0
+    corr = float(np.corrcoef(pred, truth)[0, 1]) if pred.std() > 0 and truth.std() > 0 else 0.0
+    return {
+        "has0_acc2": float(np.mean(has0_true == has0_pred)),
+        "has0_f1": weighted_f1(has0_true, has0_pred),
+        "non0_acc2": float(np.mean(non0_true == non0_pred)) if non0.any() else float("nan"),
+        "non0_f1": weighted_f1(non0_true, non0_pred) if non0.any() else float("nan"),
+        "acc5": _multiclass_acc(np.clip(pred, -2, 2), np.clip(truth, -2, 2)),
+        "acc7": _multiclass_acc(np.clip(pred, -3, 3), np.clip(truth, -3, 3)),
+        "mae": float(np.mean(np.abs(pred - truth))),
+        "corr": corr,
+    }
+
+
+def classification_metrics(pred_labels, truth) -> dict[str, float]:
+    pred_labels = np.asarray(pred_labels).reshape(-1)
+    truth = np.asarray(truth).reshape(-1)
+    return {"acc": float(np.mean(pred_labels == truth)), "f1": weighted_f1(truth, pred_labels)}

@@ -1,0 +1,298 @@
+"""TRML training: ``L = L_task + alpha * L_sml``, deterministic, resumable, single-process or DDP.
+
+Determinism: the batch order, the missing-modality masks and dropout are drawn from ``(seed, epoch)``, so a
+resumed run and a run split across ``torchrun`` processes see the same global batches as a single
+uninterrupted run. Under DDP each global batch is split across ranks; the task loss is scaled so the
+averaged gradient equals the full-batch gradient, and the SML loss gathers embeddings from every rank so
+its in-batch negatives are the whole global batch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from trml_edge.config import MissingConfig, TRMLConfig, _build, write_json_atomic
+from trml_edge.data.corpus import ClipArrays, load_split, read_corpus
+from trml_edge.errors import CheckpointError, ConfigError
+from trml_edge.missing import sample_masks
+from trml_edge.model.checkpoint import WEIGHTS, new_model, save_run
+from trml_edge.model.losses import sml_loss, task_loss
+from trml_edge.model.trml import TRML
+from trml_edge.train.features import SplitTensors, fuse_batch, split_tensors
+
+log = logging.getLogger(__name__)
+STATE = "train_state.pt"
+TRAIN_CONFIG = "train_config.json"
+VALID_SEED = 7919  # fixed salt: validation masks are the same in every epoch and every run
+
+
+@dataclass
+class TrainConfig:
+    data: str = ""  # dataset directory
+    out: str = ""  # run directory
+    epochs: int = 30
+    batch_size: int = 64  # global batch, split across DDP ranks
+    lr: float = 2e-3  # temporal encoder, generators, head
+    backbone_lr: float = 1e-5  # CLIP towers, when not frozen
+    weight_decay: float = 1e-2
+    seed: int = 0
+    missing: MissingConfig = field(default_factory=lambda: MissingConfig(rate=0.5, modality="either"))
+    max_train: int | None = None  # labelled-set size: a seeded subset of the train split
+    stop_after_epoch: int | None = None  # stop as if interrupted after this epoch (tests, time-boxed runs)
+
+    def validate(self) -> None:
+        self.missing.validate()
+        if self.epochs < 1 or self.batch_size < 2:
+            raise ConfigError("epochs must be >= 1 and batch_size >= 2 (SML needs in-batch negatives)")
+
+    def identity(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("stop_after_epoch")
+        return d
+
+
+def _dist() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init_distributed() -> tuple[int, int]:
+    """Join the process group when launched by torchrun (gloo on CPU, NCCL on GPUs)."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return _dist()
+
+
+class _Step(torch.nn.Module):
+    """The trainable forward, wrapped as one module so DistributedDataParallel can hook it."""
+
+    def __init__(self, model: TRML):
+        super().__init__()
+        self.model = model
+
+    def forward(self, data: SplitTensors, idx, has_v, has_t):
+        o = fuse_batch(self.model, data, idx, has_v, has_t)
+        return o.output, o.v, o.t, o.v_hat, o.t_hat
+
+
+def _gather_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
+    """All-gather (with gradient) rows padded to ``rows`` from every rank, concatenated."""
+    rank, world = _dist()
+    if world == 1:
+        return x
+    import torch.distributed.nn.functional as dfn
+
+    pad = x.new_zeros((rows - len(x), *x.shape[1:]))
+    return torch.cat(dfn.all_gather(torch.cat([x, pad])))
+
+
+def _select(arrays: ClipArrays, n: int | None, seed: int) -> ClipArrays:
+    if n is None or n >= len(arrays):
+        return arrays
+    idx = np.sort(np.random.default_rng([seed, 104729]).permutation(len(arrays))[:n])
+    return ClipArrays([arrays.ids[i] for i in idx], [arrays.texts[i] for i in idx], arrays.labels[idx],
+                      arrays.frames[idx], arrays.frame_mask[idx], arrays.skipped)
+
+
+def load_splits(data: str | Path, model_cfg: TRMLConfig, splits=("train", "valid")) -> dict[str, ClipArrays]:
+    records = read_corpus(Path(data))
+    return {s: load_split(records, s, model_cfg.temporal.max_frames, model_cfg.preprocess.image_size)
+            for s in splits}
+
+
+def train(
+    tcfg: TrainConfig,
+    mcfg: TRMLConfig,
+    clip_weights: str | Path | None = None,
+    arrays: dict[str, ClipArrays] | None = None,
+    inputs: dict[str, SplitTensors] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train a TRML model into ``tcfg.out``; resume if that run was interrupted. Returns the metrics.
+
+    ``arrays`` (decoded splits) and ``inputs`` (their model inputs, valid for this backbone only) let a
+    caller that trains several models on one dataset decode and embed it once.
+    """
+    tcfg.validate()
+    mcfg.validate()
+    rank, world = init_distributed()
+    out = Path(tcfg.out)
+    state_path = out / STATE
+    resume = state_path.is_file()
+    if resume:
+        saved = json.loads((out / TRAIN_CONFIG).read_text())
+        if saved != json.loads(json.dumps(tcfg.identity())):
+            raise ConfigError(f"{out} holds an interrupted run with other settings; resume it with the same "
+                              "options or choose a new --out")
+        mcfg = TRMLConfig.load(out / "trml_config.json")
+    elif (out / WEIGHTS).is_file():
+        raise CheckpointError(f"{out} already holds a finished run; choose a new --out")
+
+    torch.manual_seed(tcfg.seed)  # model init
+    model = new_model(mcfg, None if resume else clip_weights)
+    if arrays is None:
+        arrays = load_splits(tcfg.data, mcfg)
+    arrays = dict(arrays, train=_select(arrays["train"], tcfg.max_train, tcfg.seed))
+    if inputs is None or tcfg.max_train is not None:
+        inputs = {s: split_tensors(model, a) for s, a in arrays.items()}
+    train_data, valid_data = inputs["train"], inputs["valid"]
+    n = len(train_data)
+
+    head_params = [p for name, p in model.named_parameters() if not name.startswith("clip.")]
+    groups = [{"params": head_params, "lr": tcfg.lr}]
+    if not mcfg.backbone.freeze:
+        groups.append({"params": list(model.clip.parameters()), "lr": tcfg.backbone_lr})
+    optim = torch.optim.AdamW(groups, weight_decay=tcfg.weight_decay)
+    steps_per_epoch = math.ceil(n / tcfg.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(optim, max_lr=[g["lr"] for g in groups], pct_start=0.1,
+                                                total_steps=tcfg.epochs * steps_per_epoch)
+    start, best, history = 0, {"score": math.inf, "epoch": -1, "state": None}, []
+    if resume:
+        st = torch.load(state_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(st["model"])
+        optim.load_state_dict(st["optim"])
+        sched.load_state_dict(st["sched"])
+        start, best, history = st["epoch"] + 1, st["best"], st["history"]
+        if rank == 0:
+            log.info("resuming %s after epoch %d", out, st["epoch"])
+    elif rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out / TRAIN_CONFIG, tcfg.identity())
+        mcfg.save(out / "trml_config.json")
+
+    step = _Step(model)
+    if world > 1:
+        step = torch.nn.parallel.DistributedDataParallel(step)
+
+    bar = _progress(progress and rank == 0)
+    task = bar.add_task("train", total=tcfg.epochs, completed=start) if bar else None
+    for epoch in range(start, tcfg.epochs):
+        model.train()
+        torch.manual_seed(tcfg.seed * 100_003 + epoch)  # dropout
+        perm = np.random.default_rng([tcfg.seed, epoch]).permutation(n)
+        has_v, has_t = (torch.from_numpy(m) for m in sample_masks(n, tcfg.missing, [tcfg.seed, epoch, 1]))
+        totals = np.zeros(3)
+        for b in range(0, n, tcfg.batch_size):
+            gidx = perm[b : b + tcfg.batch_size]
+            parts = np.array_split(gidx, world)
+            idx = parts[rank]
+            out_, v, t, v_hat, t_hat = step(train_data, idx, has_v[idx], has_t[idx])
+            l_task = task_loss(out_, train_data.labels[idx], mcfg.head.task, reduction="sum") * world / len(gidx)
+            rows = len(parts[0])
+            complete = _gather_rows((has_v[idx] & has_t[idx]).float(), rows).bool()
+            l_sml = sml_loss(*(_gather_rows(x, rows) for x in (v_hat, v, t_hat, t)), complete, mcfg.tau)
+            loss = l_task + mcfg.alpha * l_sml
+            optim.zero_grad(set_to_none=True)
+            loss.backward()
+            optim.step()
+            sched.step()
+            totals += [float(l_task.detach()) * len(gidx) / world, float(l_sml.detach()) * len(gidx), len(gidx)]
+        score, valid_metrics = validate(model, valid_data, tcfg)
+        rec = {"epoch": epoch, "task_loss": totals[0] / totals[2], "sml_loss": totals[1] / totals[2],
+               "valid_score": score}
+        history.append(rec)
+        if score < best["score"]:
+            best = {"score": score, "epoch": epoch, "state": {k: v.clone() for k, v in model.state_dict().items()}}
+        if bar:
+            bar.update(task, advance=1, description=f"train  task {rec['task_loss']:.3f} sml {rec['sml_loss']:.3f} "
+                                                     f"valid {score:.3f}")
+        if rank == 0:
+            _save_state(state_path, {"epoch": epoch, "model": model.state_dict(), "optim": optim.state_dict(),
+                                     "sched": sched.state_dict(), "best": best, "history": history})
+        if tcfg.stop_after_epoch is not None and epoch >= tcfg.stop_after_epoch and epoch < tcfg.epochs - 1:
+            if bar:
+                bar.stop()
+            _barrier()
+            return {"interrupted_after_epoch": epoch}
+    if bar:
+        bar.stop()
+
+    model.load_state_dict(best["state"])
+    set_fill_means(model, train_data)
+    metrics = {
+        "best_epoch": best["epoch"], "valid_score": best["score"], "history": history, "train_size": n,
+        "skipped_clips": {s: len(a.skipped) for s, a in arrays.items()},
+    }
+    if rank == 0:
+        save_run(out, model, metrics)
+        state_path.unlink(missing_ok=True)
+    _barrier()
+    return metrics
+
+
+@torch.no_grad()
+def validate(model: TRML, data: SplitTensors, tcfg: TrainConfig) -> tuple[float, dict]:
+    """Selection score on the valid split under the training protocol: MAE, or 1 - accuracy."""
+    from trml_edge.metrics import classification_metrics, regression_metrics
+
+    model.eval()
+    has_v, has_t = (torch.from_numpy(m) for m in sample_masks(len(data), tcfg.missing, [tcfg.seed, VALID_SEED]))
+    pred = predict(model, data, has_v, has_t)
+    model.train()
+    y = data.labels.numpy()
+    if model.cfg.head.task == "regression":
+        m = regression_metrics(pred, y)
+        return m["mae"], m
+    m = classification_metrics(pred.argmax(-1), y.astype(int))
+    return 1.0 - m["acc"], m
+
+
+@torch.no_grad()
+def predict(model: TRML, data: SplitTensors, has_v, has_t, fill: str | None = None, batch: int = 256) -> np.ndarray:
+    outs = []
+    for b in range(0, len(data), batch):
+        idx = np.arange(b, min(b + batch, len(data)))
+        outs.append(fuse_batch(model, data, idx, has_v[idx], has_t[idx], fill).output)
+    return torch.cat(outs).numpy()
+
+
+@torch.no_grad()
+def set_fill_means(model: TRML, data: SplitTensors) -> None:
+    """Store the training-set means of v and t (the mean-fill baseline's replacement values)."""
+    ones = torch.ones(len(data), dtype=torch.bool)
+    vs, ts = [], []
+    model.eval()
+    for b in range(0, len(data), 256):
+        idx = np.arange(b, min(b + 256, len(data)))
+        o = fuse_batch(model, data, idx, ones[idx], ones[idx])
+        vs.append(o.v)
+        ts.append(o.t)
+    model.mean_v.copy_(torch.cat(vs).mean(0))
+    model.mean_t.copy_(torch.cat(ts).mean(0))
+
+
+def _save_state(path: Path, state: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def _barrier() -> None:
+    if _dist()[1] > 1:
+        dist.barrier()
+
+
+def _progress(enabled: bool):
+    if not enabled:
+        return None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   transient=False)
+    bar.start()
+    return bar
+
+
+def train_config_from_dict(d: dict) -> TrainConfig:
+    return _build(TrainConfig, d, "train_config")

@@ -1,0 +1,91 @@
+"""A short contrastive pretraining of a (tiny) CLIP on image/caption pairs.
+
+It stands in for CLIP's web-scale pretraining, which cannot be downloaded here: it gives the towers the
+text-image alignment TRML's generators start from. The output is open_clip's own local-dir layout, which
+``trml-edge train --clip-weights DIR/open_clip_model.safetensors`` (or ``--backbone local-dir:DIR``) reads.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from open_clip.loss import ClipLoss
+
+from trml_edge.config import PreprocessConfig
+from trml_edge.errors import DataError
+from trml_edge.model.backbone import build_clip, image_size, resolve_arch, tokenize
+from trml_edge.model.checkpoint import save_clip
+from trml_edge.model.trml import text_features, trim_tokens
+from trml_edge.preprocess import preprocess
+
+
+@dataclass
+class PretrainConfig:
+    pool: str = ""  # directory with images.npy (uint8 [n,H,W,3]) and captions.txt (one per line)
+    out: str = ""
+    arch: str = "trml-tiny"
+    epochs: int = 8
+    batch_size: int = 256  # contrastive batches want many negatives
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    seed: int = 0
+
+
+def load_pool(pool: Path) -> tuple[np.ndarray, list[str]]:
+    pool = Path(pool)
+    images_path, captions_path = pool / "images.npy", pool / "captions.txt"
+    for p in (images_path, captions_path):
+        if not p.is_file():
+            raise DataError(f"{p} not found; `trml-edge data synth` writes a pool under DATA/pretrain")
+    images = np.load(images_path, mmap_mode="r")
+    captions = captions_path.read_text(encoding="utf-8").splitlines()
+    if len(captions) != len(images):
+        raise DataError(f"{pool}: {len(images)} images but {len(captions)} captions; they must pair one to one")
+    return images, captions
+
+
+def pretrain(cfg: PretrainConfig, progress: bool = True) -> Path:
+    """Pretrain CLIP on the pool; returns the weights path (inside ``cfg.out``)."""
+    torch.manual_seed(cfg.seed)
+    clip_cfg = resolve_arch(cfg.arch)
+    model = build_clip(clip_cfg)
+    pp = PreprocessConfig(image_size=image_size(clip_cfg))
+    images, captions = load_pool(Path(cfg.pool))
+    tokens = tokenize(captions, int(clip_cfg["text_cfg"].get("context_length", 77)))
+    n = len(images)
+    steps = cfg.epochs * math.ceil(n / cfg.batch_size)
+    optim = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(optim, max_lr=cfg.lr, total_steps=steps, pct_start=0.1)
+    loss_fn = ClipLoss()
+    from trml_edge.train.loop import _progress
+
+    bar = _progress(progress)
+    task = bar.add_task("pretrain CLIP", total=cfg.epochs) if bar else None
+    model.train()
+    for epoch in range(cfg.epochs):
+        perm = np.random.default_rng([cfg.seed, epoch]).permutation(n)
+        total = 0.0
+        for b in range(0, n, cfg.batch_size):
+            idx = np.sort(perm[b : b + cfg.batch_size])
+            px = torch.from_numpy(preprocess(images[idx], pp.image_size, pp.mean, pp.std))
+            img_f = F.normalize(model.encode_image(px), dim=-1)  # (b, D)
+            txt_f = F.normalize(text_features(model, trim_tokens(model, tokens[idx])), dim=-1)  # (b, D)
+            loss = loss_fn(img_f, txt_f, model.logit_scale.exp())
+            optim.zero_grad(set_to_none=True)
+            loss.backward()
+            optim.step()
+            sched.step()
+            with torch.no_grad():
+                model.logit_scale.clamp_(0, math.log(100))
+            total += float(loss.detach()) * len(idx)
+        if bar:
+            bar.update(task, advance=1, description=f"pretrain CLIP  loss {total / n:.3f}")
+    if bar:
+        bar.stop()
+    return save_clip(Path(cfg.out), model, clip_cfg, {"size": pp.image_size, "mean": list(pp.mean),
+                                                       "std": list(pp.std), "pretrain": asdict(cfg)})

@@ -49,3 +49,27 @@ def require(module: str, extra: str):
         raise MissingDependencyError(
             f"'{module}' is not installed; install it with: pip install 'trml-edge[{extra}]'"
         ) from e
+
+
+class ClipError(DataError):
+    """One video clip cannot be used. ``kind`` names the problem for reports (``trml-edge data check``)."""
+
+    kind = "unreadable"
+
+
+class CorruptClipError(ClipError):
+    """The file is not a decodable video (damaged, truncated, or not a video at all)."""
+
+    kind = "corrupt"
+
+
+class EmptyClipError(ClipError):
+    """The file exists but holds no frames (0 bytes, no streams, or a video stream with no frames)."""
+
+    kind = "empty"
+
+
+class NoVideoStreamError(ClipError):
+    """The container opens but has no video stream (for example an audio-only file)."""
+
+    kind = "no_video_stream"

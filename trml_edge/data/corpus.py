@@ -1,24 +1,35 @@
-"""Corpus records and split loading.
+"""Corpus records, layout detection and split loading.
 
-A corpus is a list of ``ClipRecord``; a split loads into ``ClipArrays`` (decoded, resized frames with a
-frame mask, texts, labels). A clip that cannot be decoded is skipped, counted and reported, never fatal.
+Two community layouts are read as they are downloaded:
+
+* CMU-MOSI / CMU-MOSEI in the MMSA raw layout: ``label.csv`` + ``Raw/<video_id>/<clip_id>.mp4``,
+  regression label in [-3, 3] (``trml_edge.data.corpus.read_mmsa``);
+* MELD in its official layout: ``{train,dev,test}_sent_emo.csv`` + one clip folder per split, 7-class
+  emotion or 3-class sentiment (``trml_edge.data.meld``).
+
+A row that cannot be used (a label out of range, an unknown class, a duplicate id) becomes a record with a
+``problem``: it is reported by ``trml-edge data check`` and skipped by training, never fatal. Nothing is
+ever read from a pickle: MMSA's ``.pkl`` feature files are not supported.
 """
 
 from __future__ import annotations
 
-import csv
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from trml_edge.errors import DataError
-from trml_edge.preprocess import resize_crop
+from trml_edge.errors import ClipError, DataError
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "valid", "test")
+SPLIT_ALIASES = {"dev": "valid", "val": "valid", "validation": "valid", "valid": "valid", "train": "train",
+                 "test": "test"}
+MMSA_COLUMNS = ("video_id", "clip_id", "text", "label", "mode")
+MMSA_RANGE = (-3.0, 3.0)  # MOSI/MOSEI sentiment: the mean of annotations on a -3 .. 3 scale
 
 
 @dataclass(frozen=True)
@@ -28,6 +39,8 @@ class ClipRecord:
     label: float  # regression score, or class index for classification corpora
     split: str  # train | valid | test
     video: Path | None  # None when the corpus row has no video file
+    problem: str | None = None  # why the row cannot be used (bad label, duplicate id ...), else None
+    where: str = ""  # file and line of the row, for reports
 
 
 @dataclass
@@ -35,7 +48,7 @@ class ClipArrays:
     ids: list[str]
     texts: list[str]
     labels: np.ndarray  # (N,) float32
-    frames: np.ndarray  # (N, T, S, S, 3) uint8, resized for the backbone
+    frames: np.ndarray | None  # (N, T, S, S, 3) uint8 resized for the backbone; None when only embeddings are kept
     frame_mask: np.ndarray  # (N, T) bool
     skipped: dict[str, str] = field(default_factory=dict)  # clip id -> why it was skipped
 
@@ -43,69 +56,176 @@ class ClipArrays:
         return len(self.ids)
 
 
-MMSA_COLUMNS = ("video_id", "clip_id", "text", "label", "mode")
+@dataclass
+class Corpus:
+    """A corpus read from disk: its records, every video file found, and what the labels mean."""
+
+    layout: str  # "mmsa" | "meld"
+    root: Path
+    records: list[ClipRecord]
+    videos: list[Path]  # every clip file present, to find files that no row refers to
+    task: str  # regression | classification
+    class_names: tuple[str, ...] = ()  # index -> name, for classification
+    label_range: tuple[float, float] | None = None  # valid regression range
+    notes: list[str] = field(default_factory=list)  # layout problems that are not tied to one row
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names) if self.task == "classification" else 1
+
+
+def split_name(value: str) -> str | None:
+    return SPLIT_ALIASES.get(value.strip().lower())
+
+
+def read_mmsa_corpus(root: Path) -> Corpus:
+    """CMU-MOSI / CMU-MOSEI in the MMSA raw layout: ``label.csv`` and ``Raw/<video_id>/<clip_id>.mp4``."""
+    from trml_edge.data.tables import read_rows
+
+    root = Path(root)
+    path = root / "label.csv"
+    records, seen = [], set()
+    lo, hi = MMSA_RANGE
+    for line, row in read_rows(path, MMSA_COLUMNS, "MMSA label.csv"):
+        clip_id = f"{row['video_id']}$_${row['clip_id']}"  # MMSA's own id convention
+        video = root / "Raw" / row["video_id"] / f"{row['clip_id']}.mp4"
+        problem, label = None, math.nan
+        try:
+            label = float(row["label"])
+        except ValueError:
+            problem = f"label {row['label']!r} is not a number"
+        split = split_name(row["mode"])
+        if problem is None and not (lo <= label <= hi):  # also catches NaN
+            problem = f"label {label:g} is outside [{lo:g}, {hi:g}]"
+        if split is None:
+            problem = problem or f"mode {row['mode']!r} is not train, valid or test"
+            split = row["mode"]
+        if clip_id in seen:
+            problem = f"duplicate row for {row['video_id']}/{row['clip_id']}"
+        seen.add(clip_id)
+        records.append(ClipRecord(clip_id, row["text"], label, split, video if video.is_file() else None,
+                                  problem, f"{path.name}:{line}"))
+    videos = sorted(p for p in (root / "Raw").rglob("*.mp4") if not p.name.startswith(".")) \
+        if (root / "Raw").is_dir() else []
+    return Corpus("mmsa", root, records, videos, "regression", (), MMSA_RANGE)
 
 
 def read_mmsa(root: Path) -> list[ClipRecord]:
-    """CMU-MOSI / CMU-MOSEI in the MMSA raw layout: ``label.csv`` and ``Raw/<video_id>/<clip_id>.mp4``."""
-    root = Path(root)
-    path = root / "label.csv"
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in MMSA_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise DataError(f"{path} lacks columns {missing}; expected the MMSA label.csv header")
-        records = []
-        for row in reader:
-            split = row["mode"].strip().lower()
-            split = {"dev": "valid", "val": "valid"}.get(split, split)
-            video = root / "Raw" / row["video_id"] / f"{row['clip_id']}.mp4"
-            try:
-                label = float(row["label"])
-            except ValueError as e:
-                raise DataError(f"{path}: clip {row['video_id']}/{row['clip_id']} has label {row['label']!r}") from e
-            records.append(ClipRecord(f"{row['video_id']}$_${row['clip_id']}", row["text"], label, split,
-                                      video if video.is_file() else None))
-    return records
+    return read_mmsa_corpus(root).records
 
 
-def read_corpus(root: Path) -> list[ClipRecord]:
-    """Detect the corpus layout under ``root`` and read its records."""
+def open_corpus(root: Path, meld_task: str = "emotion") -> Corpus:
+    """Detect the layout under ``root`` and read it. ``meld_task`` (emotion | sentiment) picks MELD's labels."""
+    from trml_edge.data import meld
+
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"dataset directory {root} not found; create one with `trml-edge data synth {root}`")
     if (root / "label.csv").is_file():
-        return read_mmsa(root)
+        return read_mmsa_corpus(root)
+    if meld.is_meld(root):
+        return meld.read_meld_corpus(root, meld_task)
+    if any(root.rglob("*.pkl")):
+        raise DataError(
+            f"{root} holds .pkl files but no label.csv: MMSA's pickled feature files are not supported (a pickle "
+            "can run code when loaded); download the raw videos and label.csv (MMSA 'Raw' layout) instead"
+        )
     raise DataError(
-        f"{root} is not a known corpus layout: expected label.csv (CMU-MOSI/MOSEI, MMSA layout); "
-        "see the README's 'Real datasets' section"
+        f"{root} is not a known corpus layout: expected label.csv + Raw/ (CMU-MOSI/MOSEI, MMSA layout) or "
+        f"{', '.join(meld.CSV_FILES.values())} (MELD); see docs/data.md"
     )
 
 
-def load_split(records: list[ClipRecord], split: str, n_frames: int, image_size: int) -> ClipArrays:
-    """Decode and resize the frames of one split. Broken or missing clips are skipped and reported."""
-    from trml_edge.data.video import read_frames
+def read_corpus(root: Path, meld_task: str = "emotion") -> list[ClipRecord]:
+    """Detect the corpus layout under ``root`` and read its records."""
+    return open_corpus(root, meld_task).records
 
+
+def corpus_task(root: Path, meld_task: str = "emotion") -> tuple[str, int, tuple[str, ...]]:
+    """(task, num_classes, class_names) of the corpus under ``root``: what the model's head must be."""
+    from trml_edge.data import meld
+
+    root = Path(root)
+    if meld.is_meld(root) and not (root / "label.csv").is_file():
+        names = meld.class_names(meld_task)
+        return "classification", len(names), names
+    if (root / "label.csv").is_file():
+        return "regression", 1, ()
+    return open_corpus(root, meld_task).task, 1, ()  # raises the layout error
+
+
+def meld_task_for(task: str, num_classes: int) -> str:
+    """Which MELD labels a model head reads: 7 classes -> emotion, 3 -> sentiment."""
+    from trml_edge.data import meld
+
+    for name, classes in meld.TASKS.items():
+        if task == "classification" and num_classes == len(classes):
+            return name
+    return "emotion"
+
+
+def check_head(corpus: Corpus, task: str, num_classes: int) -> None:
+    """Refuse a model head that does not fit the corpus labels, saying which head does."""
+    if (task, num_classes) != (corpus.task, corpus.num_classes):
+        want = ("task=regression, num_classes=1" if corpus.task == "regression" else
+                f"task=classification, num_classes={corpus.num_classes} ({', '.join(corpus.class_names)})")
+        raise DataError(f"{corpus.root} is a {corpus.layout.upper()} {corpus.task} corpus but the model head is "
+                        f"task={task}, num_classes={num_classes}; build the model with {want} "
+                        "(trml_edge.data.corpus.corpus_task tells it)")
+
+
+def open_for_model(root: Path, task: str, num_classes: int) -> Corpus:
+    """The corpus under ``root`` read for a model head (MELD's label set follows the head's class count)."""
+    corpus = open_corpus(root, meld_task_for(task, num_classes))
+    check_head(corpus, task, num_classes)
+    return corpus
+
+
+def usable(records: list[ClipRecord], split: str) -> tuple[list[ClipRecord], dict[str, str]]:
+    """The split's records that can be decoded, and {clip id: reason} for those that cannot."""
     rows = [r for r in records if r.split == split]
     if not rows:
-        raise DataError(f"the corpus has no {split!r} clips; check the split column")
-    ids, texts, labels, frames, masks, skipped = [], [], [], [], [], {}
+        raise DataError(f"the corpus has no {split!r} clips; check the split column (mode / the MELD csv files)")
+    keep, skipped = [], {}
     for r in rows:
-        if r.video is None:
+        if r.problem is not None:
+            skipped[r.clip_id] = r.problem
+        elif r.video is None:
             skipped[r.clip_id] = "video file missing"
-            continue
+        else:
+            keep.append(r)
+    return keep, skipped
+
+
+def load_split(records: list[ClipRecord], split: str, n_frames: int, image_size: int) -> ClipArrays:
+    """Decode and resize the frames of one split, all in memory. Broken or missing clips are skipped.
+
+    With a frozen backbone prefer ``trml_edge.train.features.prepare_inputs``, which streams clips into
+    embeddings and keeps no frames.
+    """
+    from trml_edge.data.video import read_frames
+
+    rows, skipped = usable(records, split)
+    ids, texts, labels, frames, masks = [], [], [], [], []
+    for r in rows:
         try:
-            f, m = read_frames(r.video, n_frames)
-        except DataError as e:
+            f, m = read_frames(r.video, n_frames, size=image_size)
+        except ClipError as e:
             skipped[r.clip_id] = str(e)
             continue
         ids.append(r.clip_id)
         texts.append(r.text)
         labels.append(r.label)
-        frames.append(resize_crop(f, image_size))
+        frames.append(f)
         masks.append(m)
-    if skipped:
-        log.warning("%s: skipped %d of %d clips that could not be read", split, len(skipped), len(rows))
+    report_skipped(split, skipped, len(rows) + len(skipped))
     if not ids:
         raise DataError(f"no readable clip in the {split!r} split ({len(skipped)} skipped); run `trml-edge data check`")
     return ClipArrays(ids, texts, np.asarray(labels, np.float32), np.stack(frames), np.stack(masks), skipped)
+
+
+def report_skipped(split: str, skipped: dict[str, str], total: int) -> None:
+    if skipped:
+        first = next(iter(skipped.items()))
+        log.warning("%s: skipped %d of %d clips (first: %s: %s); `trml-edge data check` lists them all",
+                    split, len(skipped), total, *first)

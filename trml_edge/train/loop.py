@@ -49,6 +49,7 @@ class TrainConfig:
     missing: MissingConfig = field(default_factory=lambda: MissingConfig(rate=0.5, modality="either"))
     max_train: int | None = None  # labelled-set size: a seeded subset of the train split
     stop_after_epoch: int | None = None  # stop as if interrupted after this epoch (tests, time-boxed runs)
+    feature_cache: str | None = None  # CLIP feature cache dir (frozen backbone); None: DATA/.trml-features if built
 
     def validate(self) -> None:
         self.missing.validate()
@@ -106,7 +107,11 @@ def _select(arrays: ClipArrays, n: int | None, seed: int) -> ClipArrays:
 
 
 def load_splits(data: str | Path, model_cfg: TRMLConfig, splits=("train", "valid")) -> dict[str, ClipArrays]:
-    records = read_corpus(Path(data))
+    """Decode every clip of ``splits`` into memory (a trainable backbone needs the frames; a frozen one is
+    better served by ``trml_edge.train.features.prepare_inputs``, which streams them into embeddings)."""
+    from trml_edge.data.corpus import open_for_model
+
+    records = open_for_model(Path(data), model_cfg.head.task, model_cfg.head.num_classes).records
     return {s: load_split(records, s, model_cfg.temporal.max_frames, model_cfg.preprocess.image_size)
             for s in splits}
 
@@ -141,10 +146,15 @@ def train(
 
     torch.manual_seed(tcfg.seed)  # model init
     model = new_model(mcfg, None if resume else clip_weights)
-    if arrays is None:
-        arrays = load_splits(tcfg.data, mcfg)
-    arrays = dict(arrays, train=_select(arrays["train"], tcfg.max_train, tcfg.seed))
-    if inputs is None or tcfg.max_train is not None:
+    from trml_edge.train.features import prepare_inputs, select_train
+
+    if resume:  # embed with the run's own CLIP weights, not the fresh initialization above
+        state = torch.load(state_path, map_location="cpu", weights_only=True)["model"]
+        model.clip.load_state_dict({k[len("clip."):]: v for k, v in state.items() if k.startswith("clip.")})
+    if arrays is None:  # frozen backbone: streamed into embeddings through the feature cache, no frames kept
+        arrays, inputs = prepare_inputs(model, tcfg.data, cache=tcfg.feature_cache, rank=rank, world=world)
+    arrays, inputs = select_train(arrays, inputs, tcfg.max_train, tcfg.seed)
+    if inputs is None:
         inputs = {s: split_tensors(model, a) for s, a in arrays.items()}
     train_data, valid_data = inputs["train"], inputs["valid"]
     n = len(train_data)
@@ -198,9 +208,13 @@ def train(
             optim.step()
             sched.step()
             totals += [float(l_task.detach()) * len(gidx) / world, float(l_sml.detach()) * len(gidx), len(gidx)]
+        if world > 1:  # each rank summed the task loss of its own samples
+            local = torch.tensor([totals[0]], dtype=torch.float64)
+            dist.all_reduce(local)
+            totals[0] = float(local)
         score, valid_metrics = validate(model, valid_data, tcfg)
-        rec = {"epoch": epoch, "task_loss": totals[0] / totals[2], "sml_loss": totals[1] / totals[2],
-               "valid_score": score}
+        rec = {"epoch": epoch, "task_loss": float(totals[0] / totals[2]), "sml_loss": float(totals[1] / totals[2]),
+               "valid_score": float(score)}
         history.append(rec)
         if score < best["score"]:
             best = {"score": score, "epoch": epoch, "state": {k: v.clone() for k, v in model.state_dict().items()}}

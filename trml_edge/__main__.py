@@ -1,0 +1,3 @@
+from trml_edge.cli import main
+
+main()

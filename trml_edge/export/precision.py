@@ -1,0 +1,178 @@
+"""FP16 conversion and INT8 (QDQ) quantization of exported ONNX graphs.
+
+INT8 uses explicit quantization: ``onnxruntime.quantization.quantize_static`` writes QuantizeLinear /
+DequantizeLinear pairs that ORT runs on CPU and TensorRT builds from directly. The two presets are
+validated dataclasses with named constructors, because the CPU and TensorRT targets want different things.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import onnx
+
+from trml_edge.errors import ConfigError, ExportError
+
+PRECISIONS = ("fp32", "fp16", "int8")
+
+# Ops kept in FP32 inside FP16 graphs: reductions and normalizations whose intermediate values (sums of
+# squares, variances, exponentials) leave FP16's range (max 65504) or lose too many bits.
+FP16_BLOCK_LIST = ("LayerNormalization", "ReduceL2", "ReduceSum", "ReduceMean", "Pow", "Sqrt", "Softmax", "Exp",
+                   "Erf")
+
+
+def check_precision(p: str) -> str:
+    if p not in PRECISIONS:
+        raise ConfigError(f"unknown precision {p!r}; choose one of {', '.join(PRECISIONS)}")
+    return p
+
+
+@dataclass(frozen=True)
+class Int8Preset:
+    name: str
+    activation_type: str  # "uint8" or "int8"
+    weight_type: str  # "int8" (both targets want signed weights)
+    per_channel: bool  # one scale per output channel of a weight
+    symmetric_activations: bool  # zero-point fixed at 0 for activations
+    symmetric_weights: bool  # zero-point fixed at 0 for weights
+    qdq_on_weights: bool  # keep FP32 weights behind a Q/DQ pair instead of storing them as int8 initializers
+    reduce_range: bool  # 7-bit weights, avoids the U8S8 overflow of AVX2 without VNNI
+    op_types: tuple[str, ...]  # only these ops get quantized inputs; everything else stays in float
+    calibrate_method: str  # "MinMax", "Entropy" or "Percentile"
+
+    def validate(self) -> None:
+        if self.activation_type not in ("uint8", "int8") or self.weight_type not in ("uint8", "int8"):
+            raise ConfigError(f"INT8 preset {self.name}: types must be uint8 or int8")
+        if self.calibrate_method not in ("MinMax", "Entropy", "Percentile"):
+            raise ConfigError(f"INT8 preset {self.name}: calibrate_method must be MinMax, Entropy or Percentile")
+        if self.activation_type == "uint8" and self.symmetric_activations:
+            raise ConfigError(f"INT8 preset {self.name}: uint8 activations cannot be symmetric around 0")
+        if not self.op_types:
+            raise ConfigError(f"INT8 preset {self.name}: op_types is empty, nothing would be quantized")
+
+    @classmethod
+    def cpu(cls) -> Int8Preset:
+        return cls(
+            name="cpu",
+            activation_type="uint8",  # ORT's x86 kernels are U8S8; S8S8 measured slower than FP32 on AVX2
+            weight_type="int8",
+            per_channel=True,  # per-channel weight scales cost nothing at run time and keep accuracy
+            symmetric_activations=False,  # asymmetric U8 uses the full range of post-GELU/ReLU activations
+            symmetric_weights=True,  # signed weights are centred; a zero-point would only add work
+            qdq_on_weights=False,  # int8 initializers: ORT folds them into integer MatMul/Conv directly
+            reduce_range=True,  # 7-bit weights: VPMADDUBSW on AVX2 saturates with full 8-bit U8*S8 pairs
+            op_types=("MatMul", "Gemm", "Conv"),  # the compute; LayerNorm/Softmax/Add stay FP32
+            calibrate_method="MinMax",  # small calibration sets: MinMax is stable, Entropy needs many samples
+        )
+
+    @classmethod
+    def tensorrt(cls) -> Int8Preset:
+        return cls(
+            name="tensorrt",
+            activation_type="int8",  # TensorRT's INT8 tensors are signed
+            weight_type="int8",
+            per_channel=True,  # TensorRT supports per-channel weight scales on the output axis
+            symmetric_activations=True,  # TensorRT rejects non-zero zero-points
+            symmetric_weights=True,  # likewise for weights
+            qdq_on_weights=True,  # TensorRT expects DQ(Q(W)) in front of MatMul/Conv and folds it itself
+            reduce_range=False,  # GPUs have native int8 dot products; no overflow workaround needed
+            op_types=("MatMul", "Gemm", "Conv"),  # LayerNorm, Softmax and residual Adds stay in higher precision
+            calibrate_method="MinMax",
+        )
+
+    @classmethod
+    def named(cls, name: str) -> Int8Preset:
+        presets = {"cpu": cls.cpu, "tensorrt": cls.tensorrt}
+        if name not in presets:
+            raise ConfigError(f"unknown INT8 preset {name!r}; choose one of {', '.join(presets)}")
+        preset = presets[name]()
+        preset.validate()
+        return preset
+
+
+def to_fp16(src: Path, dst: Path) -> Path:
+    """FP16 weights and compute, FP32 inputs and outputs, ``FP16_BLOCK_LIST`` ops kept in FP32.
+
+    Uses ORT's float16 converter (onnxconverter-common 1.16's ``remove_unnecessary_cast_node`` crashes
+    on these graphs), then sorts the nodes topologically, which the converter does not do.
+    """
+    from onnxruntime.transformers import float16
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    model = onnx.load(str(src))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "constant truncated to FP16 range" notes; parity judges the result
+        model = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=list(FP16_BLOCK_LIST))
+    wrapped = OnnxModel(model)
+    wrapped.topological_sort()
+    try:
+        onnx.checker.check_model(wrapped.model)
+    except onnx.checker.ValidationError as e:
+        raise ExportError(f"FP16 conversion of {src.name} produced an invalid graph: {e}") from e
+    onnx.save(wrapped.model, str(dst))
+    return dst
+
+
+class _Reader:
+    """``CalibrationDataReader`` over a dict of arrays whose first axis is the sample axis."""
+
+    def __init__(self, arrays: dict[str, np.ndarray], batch: int, trim_tokens: bool):
+        self.arrays, self.batch, self.trim = arrays, batch, trim_tokens
+        self.n = len(next(iter(arrays.values())))
+        self._it = self._batches()
+
+    def _batches(self) -> Iterator[dict[str, np.ndarray]]:
+        for i in range(0, self.n, self.batch):
+            feed = {k: v[i : i + self.batch] for k, v in self.arrays.items()}
+            if self.trim and "tokens" in feed:
+                feed["tokens"] = trim_to_eot(feed["tokens"])
+            yield feed
+
+    def get_next(self):
+        return next(self._it, None)
+
+    def rewind(self):
+        self._it = self._batches()
+
+
+def trim_to_eot(tokens: np.ndarray) -> np.ndarray:
+    """(B, L) -> (B, L') with L' the batch's longest EOT position + 1 (EOT is the largest id)."""
+    return tokens[:, : int(tokens.argmax(axis=-1).max()) + 1]
+
+
+def to_int8(src: Path, dst: Path, preset: Int8Preset, calibration: dict[str, np.ndarray], batch: int = 8) -> Path:
+    """Static QDQ quantization of one graph with the given preset and calibration inputs."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    preset.validate()
+    qtype = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+    pre = dst.with_name(dst.stem + ".pre.onnx")
+    try:
+        # shape inference + constant folding, as ORT recommends before quantize_static
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        quantize_static(
+            str(pre), str(dst), _Reader(calibration, batch, trim_tokens=True),
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=list(preset.op_types),
+            per_channel=preset.per_channel,
+            reduce_range=preset.reduce_range,
+            activation_type=qtype[preset.activation_type],
+            weight_type=qtype[preset.weight_type],
+            calibrate_method=getattr(CalibrationMethod, preset.calibrate_method),
+            extra_options={
+                "ActivationSymmetric": preset.symmetric_activations,
+                "WeightSymmetric": preset.symmetric_weights,
+                "AddQDQPairToWeight": preset.qdq_on_weights,
+                "DedicatedQDQPair": preset.qdq_on_weights,  # TensorRT wants one Q/DQ pair per consumer
+            },
+        )
+    except Exception as e:  # ORT's quantizer raises plain Exceptions with the reason in the message
+        raise ExportError(f"INT8 quantization of {src.name} with preset {preset.name} failed: {e}") from e
+    finally:
+        pre.unlink(missing_ok=True)
+    return dst

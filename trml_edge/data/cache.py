@@ -99,7 +99,6 @@ class FeatureCache(MemoryStore):
         self.fingerprint = fingerprint
         self.meta = meta
         self.writable = writable
-        self.reused = 0  # clips served from disk by this object's callers (set by the feature builder)
         if writable:
             self.dir.mkdir(parents=True, exist_ok=True)
         self._load_index()
@@ -144,7 +143,8 @@ class FeatureCache(MemoryStore):
 
     def _record(self, name: str, ids, sigs, failures) -> None:
         if not self.writable:
-            raise DataError(f"feature cache {self.dir} was opened read-only")
+            raise DataError(f"feature cache {self.dir} is read-only here and lacks {len(ids) + len(failures)} clips; "
+                            "run `trml-edge features` on the dataset again, or pass another cache directory")
         with self._locked():
             self._load_index()  # merge what another process may have added meanwhile
             super()._record(name, ids, sigs, failures)

@@ -142,16 +142,13 @@ def read_corpus(root: Path, meld_task: str = "emotion") -> list[ClipRecord]:
 
 
 def corpus_task(root: Path, meld_task: str = "emotion") -> tuple[str, int, tuple[str, ...]]:
-    """(task, num_classes, class_names) of the corpus under ``root``: what the model's head must be."""
-    from trml_edge.data import meld
+    """(task, num_classes, class_names) of the corpus under ``root``: what the model's head must be.
 
-    root = Path(root)
-    if meld.is_meld(root) and not (root / "label.csv").is_file():
-        names = meld.class_names(meld_task)
-        return "classification", len(names), names
-    if (root / "label.csv").is_file():
-        return "regression", 1, ()
-    return open_corpus(root, meld_task).task, 1, ()  # raises the layout error
+    MOSI/MOSEI: ``("regression", 1, ())``; MELD: ``("classification", 7 | 3, class names)`` for
+    ``meld_task`` emotion | sentiment.
+    """
+    corpus = open_corpus(Path(root), meld_task)
+    return corpus.task, corpus.num_classes, corpus.class_names
 
 
 def meld_task_for(task: str, num_classes: int) -> str:

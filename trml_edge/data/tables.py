@@ -66,14 +66,15 @@ def read_rows(path: Path, required: tuple[str, ...], what: str) -> list[tuple[in
     missing = [c for c in required if c not in header]
     if missing:
         raise DataError(f"{path} lacks columns {missing} (found {header}); expected the {what} header")
-    rows = []
+    rows, start = [], reader.line_num + 1
     try:
         for values in reader:
+            line, start = start, reader.line_num + 1  # a quoted field may span lines: report the first
             if not any(v.strip() for v in values):
                 continue  # blank line
             values = values + [""] * (len(header) - len(values))
             row = {h: repair_mojibake(v.strip()) for h, v in zip(header, values)}
-            rows.append((reader.line_num, row))
+            rows.append((line, row))
     except csv.Error as e:
         raise DataError(f"{path}, line {reader.line_num}: {e}; fix the quoting on that line") from e
     return rows

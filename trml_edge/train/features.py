@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -143,6 +144,7 @@ def open_store(model: TRML, data: str | Path, cache: str | Path | None, n_frames
         if not (default / fp[:16] / INDEX).is_file():
             return MemoryStore()
         cache = default
+        writable = writable and os.access(default / fp[:16], os.W_OK)  # a dataset may be mounted read-only
         log.info("using the feature cache in %s", default)
     return FeatureCache(Path(cache), fp, meta, writable=writable)
 

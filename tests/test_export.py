@@ -64,6 +64,9 @@ def test_end_to_end_gate_covers_every_scenario(kind):
         assert r["ok"] and r["samples"] > 10
         assert r["onnx"]["has0_acc2"] >= r["torch"]["has0_acc2"] - r["budget"]["acc_drop"]
         assert r["onnx"]["mae"] <= r["torch"]["mae"] + r["budget"]["mae_rise"]
+        assert 0.0 <= r["decision_agreement"] <= 1.0
+        if kind == "fp32":  # same math, other kernels: predictions agree to float rounding
+            assert r["pred_max_abs"] < 1e-3 and r["decision_agreement"] == 1.0
 
 
 def test_tampered_or_missing_file_is_rejected(tmp_path):
@@ -237,3 +240,40 @@ def test_graph_declaration_is_torch_free_and_drives_dynamic_axes():
     assert dims == ["batch", "seq"]
     prof = GRAPHS["text_encoder"].profile({"embed": 64, "context_length": 77})
     assert prof["tokens"][2] == (64, 77)
+
+
+def test_calibrate_command_warns_below_the_recommended_minimum(tmp_path, caplog):
+    from typer.testing import CliRunner
+
+    import trml_edge.cli.export_cmds  # noqa: F401
+    from trml_edge.cli import app
+    from trml_edge.export.calibration import MIN_RECOMMENDED
+
+    out = tmp_path / "cal"
+    with caplog.at_level("WARNING", logger="trml_edge.export.calibration"):
+        res = CliRunner().invoke(app, ["calibrate", str(trained_run()), "--data", str(synth_data()), "--out", str(out),
+                                       "--samples", "16", "--batch-size", "8"])
+    assert res.exit_code == 0, res.output
+    assert 16 < MIN_RECOMMENDED and any("16 samples" in r.getMessage() for r in caplog.records)
+    assert json.loads((out / "manifest.json").read_text())["samples"] == 16
+    res = CliRunner().invoke(app, ["calibrate", str(trained_run()), "--data", str(synth_data()),
+                                   "--out", str(tmp_path / "c2"), "--samples", "4", "--batch-size", "8"])
+    assert res.exit_code != 0 and isinstance(res.exception, ConfigError)
+    assert not (tmp_path / "c2").exists()
+
+
+def test_int8_presets_are_validated():
+    from dataclasses import replace
+
+    from trml_edge.export.precision import Int8Preset
+
+    trt, cpu = Int8Preset.named("tensorrt"), Int8Preset.named("cpu")
+    assert trt.symmetric_activations and trt.symmetric_weights and trt.activation_type == "int8" and trt.qdq_on_weights
+    assert cpu.activation_type == "uint8" and cpu.weight_type == "int8" and cpu.per_channel
+    assert not {"LayerNormalization", "Softmax", "Add"} & set(trt.op_types)
+    with pytest.raises(ConfigError, match="unknown INT8 preset"):
+        Int8Preset.named("avx512")
+    with pytest.raises(ConfigError, match="symmetric"):
+        replace(cpu, symmetric_activations=True).validate()
+    with pytest.raises(ConfigError, match="op_types"):
+        replace(trt, op_types=()).validate()

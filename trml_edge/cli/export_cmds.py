@@ -27,16 +27,19 @@ def _e2e_table(rows):
     from rich.table import Table
 
     table = Table(title="end to end: exported pipeline vs PyTorch FP32")
-    metric_keys = [k for k in ("has0_acc2", "non0_acc2", "mae", "corr", "acc", "f1") if k in rows[0]["torch"]]
+    metric_keys = [k for k in ("has0_acc2", "mae", "acc", "f1") if k in rows[0]["torch"]]
     table.add_column("scenario")
     for k in metric_keys:
         table.add_column(f"{k} torch")
         table.add_column(f"{k} onnx")
+    table.add_column("max |pred diff|")
+    table.add_column("same decision")
     table.add_column("ok")
     for r in rows:
         cells = [r["scenario"]]
         for k in metric_keys:
             cells += [f"{r['torch'][k]:.4f}", f"{r['onnx'][k]:.4f}"]
+        cells += [f"{r['pred_max_abs']:.4f}", f"{r['decision_agreement']:.3f}"]
         table.add_row(*cells, "yes" if r["ok"] else "[red]NO[/]")
     return table
 
@@ -122,7 +125,7 @@ def build_engines_cmd(
     bundle: Path = typer.Argument(..., help="export bundle (built with --target tensorrt)"),
     workspace: Optional[int] = typer.Option(None, "--workspace", help="builder workspace in MiB (default: recipe's)"),
 ) -> None:
-    """Build TensorRT engines for every graph of BUNDLE on this GPU (needs the [trt] extra)."""
+    """Build TensorRT engines for every graph of BUNDLE on this GPU (needs the optional "trt" extra)."""
     from trml_edge.export.tensorrt import build_engines
 
     engines = build_engines(bundle, workspace)

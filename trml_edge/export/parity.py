@@ -143,12 +143,16 @@ def end_to_end(model: TRML, pipeline, arrays, budget: Budget, seed: int = 0) -> 
             has_v, has_t = np.ones(n, bool), np.ones(n, bool)
         else:
             has_v, has_t = sample_masks(n, MissingConfig(rate=1.0, modality=modality), seed)
-        ref = task_metrics(torch_predict(model, arrays, has_v, has_t), labels, regression)
+        ref_pred = torch_predict(model, arrays, has_v, has_t)
         got_pred = pipeline.predict_batch(arrays.frames, arrays.frame_mask, list(arrays.texts), has_v, has_t)
-        got = task_metrics(got_pred, labels, regression)
+        ref, got = task_metrics(ref_pred, labels, regression), task_metrics(got_pred, labels, regression)
         key = "has0_acc2" if regression else "acc"
         drop = ref[key] - got[key]
-        row = {"scenario": scenario, "torch": ref, "onnx": got, "acc_drop": drop, "samples": n}
+        # model-independent view: how far the predictions moved, and how often the decision changed
+        decide = (lambda p: p >= 0) if regression else (lambda p: p.argmax(-1))
+        row = {"scenario": scenario, "torch": ref, "onnx": got, "acc_drop": drop, "samples": n,
+               "pred_max_abs": float(np.abs(ref_pred - got_pred).max()),
+               "decision_agreement": float(np.mean(decide(ref_pred) == decide(got_pred)))}
         ok = drop <= budget.acc_drop + 1e-12
         if regression:
             row["mae_rise"] = got["mae"] - ref["mae"]

@@ -7,6 +7,7 @@ validated dataclasses with named constructors, because the CPU and TensorRT targ
 
 from __future__ import annotations
 
+import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,6 +153,9 @@ def to_int8(src: Path, dst: Path, preset: Int8Preset, calibration: dict[str, np.
     preset.validate()
     qtype = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
     pre = dst.with_name(dst.stem + ".pre.onnx")
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.WARNING))  # ORT's quantizer logs every tensor copy on the root logger
     try:
         # shape inference + constant folding, as ORT recommends before quantize_static
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
@@ -174,5 +178,6 @@ def to_int8(src: Path, dst: Path, preset: Int8Preset, calibration: dict[str, np.
     except Exception as e:  # ORT's quantizer raises plain Exceptions with the reason in the message
         raise ExportError(f"INT8 quantization of {src.name} with preset {preset.name} failed: {e}") from e
     finally:
+        root.setLevel(level)
         pre.unlink(missing_ok=True)
     return dst

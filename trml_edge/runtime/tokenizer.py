@@ -9,8 +9,9 @@ Behaviour matched to open_clip's ``SimpleTokenizer`` with its default ``clean="l
    merged pair by pair in the order of the merge list;
 4. wrapped in SOT ... EOT and padded with 0 (or cut, keeping EOT last) to the context length.
 
-open_clip also runs ``ftfy.fix_text`` (mojibake repair) when cleaning; text that is already valid Unicode
-passes through it unchanged, which is the case for the runtime's inputs.
+open_clip first runs ``ftfy.fix_text``; we reproduce the parts of it that change valid text (curly quotes,
+ligatures, full-width forms, NFC) but not its mojibake repair, so only text that was decoded with the wrong
+codec (``"cafÃ©"``) can tokenize differently.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import gzip
 import html
 import re
+import unicodedata
 from functools import lru_cache
 from pathlib import Path
 
@@ -46,8 +48,23 @@ def _byte_alphabet() -> dict[int, str]:
     return table
 
 
+_QUOTES = {**{c: "'" for c in "\u02bc\u2018\u2019\u201a\u201b"}, **{c: '"' for c in "\u201c\u201d\u201e\u201f"}}
+_LIGATURES = "\u0132\u0133\u013f\u0140\u0149\u01c4\u01c5\u01c6\u01c7\u01c8\u01c9\u01ca\u01cb\u01cc" \
+             "\u01f1\u01f2\u01f3\ufb00\ufb01\ufb02\ufb03\ufb04\ufb05\ufb06"
+_PLAIN = str.maketrans({**_QUOTES, **{c: unicodedata.normalize("NFKC", c) for c in _LIGATURES}})
+
+
+def _plain(text: str) -> str:
+    """The parts of ftfy.fix_text that change valid text: ligatures and full-width forms spelled out,
+    curly quotes straightened, NFC normalization. (Mojibake repair is not reproduced.)"""
+    text = text.translate(_PLAIN)
+    text = "".join(unicodedata.normalize("NFKC", c) if c == "\u3000" or "\uff01" <= c <= "\uffef" else c
+                   for c in text)
+    return unicodedata.normalize("NFC", text)
+
+
 def clean(text: str) -> str:
-    text = html.unescape(html.unescape(text)).strip()
+    text = html.unescape(html.unescape(_plain(text))).strip()
     return re.sub(r"\s+", " ", text).strip().lower()
 
 

@@ -21,5 +21,10 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest
 
+bench: setup
+	$(BIN)/python benchmarks/bench_missing.py --out bench_out/missing
+	$(BIN)/python benchmarks/bench_export.py --out bench_out/bench_export.json
+	$(BIN)/python benchmarks/bench_cache.py --out bench_out/bench_cache.json
+
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache

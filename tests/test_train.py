@@ -113,11 +113,13 @@ def test_cli_evaluate_fills_agree_without_missing_and_differ_with_it(synth_data,
     assert set(res["0", "zero"]) == {"has0_acc2", "has0_f1", "non0_acc2", "non0_f1", "acc5", "acc7", "mae", "corr"}
 
 
-def test_cli_reports_errors_without_a_traceback(tmp_path):
+def test_cli_reports_errors_without_a_traceback(synth_data, tmp_path):
     e = _cli("evaluate", tmp_path / "nope", "--data", tmp_path)
     assert e.returncode == 2
     assert "error: run directory" in e.stderr and "Traceback" not in e.stderr
-    e = _cli("train", "--data", tmp_path, "--out", tmp_path / "r", "--backbone", "ViT-B-23")
+    e = _cli("train", "--data", tmp_path, "--out", tmp_path / "r")
+    assert e.returncode == 2 and "not a known corpus layout" in e.stderr
+    e = _cli("train", "--data", synth_data, "--out", tmp_path / "r", "--backbone", "ViT-B-23")
     assert e.returncode == 2 and "unknown open_clip architecture" in e.stderr
 
 

@@ -58,18 +58,23 @@ def train(
     lr: float = typer.Option(2e-3),
     seed: int = typer.Option(0),
     max_train: Optional[int] = typer.Option(None, help="use a seeded subset of this many training clips"),
+    feature_cache: Optional[Path] = typer.Option(
+        None, help="CLIP feature cache directory (frozen backbone); default DATA/.trml-features if built"),
+    meld_task: str = typer.Option("emotion", help="MELD labels: emotion (7 classes) or sentiment (3)"),
 ) -> None:
     """Train TRML (L = L_task + alpha * L_sml). Runs under torchrun for DistributedDataParallel."""
     from trml_edge.config import MissingConfig, TRMLConfig
+    from trml_edge.data.corpus import corpus_task
     from trml_edge.train.loop import TrainConfig, train as run
 
     mcfg = TRMLConfig(fill=fill, alpha=alpha, tau=tau)
+    mcfg.head.task, mcfg.head.num_classes, _ = corpus_task(data, meld_task)
     mcfg.backbone.arch = backbone
     mcfg.backbone.freeze = freeze_backbone
     mcfg.head.dropout = dropout
     tcfg = TrainConfig(data=str(data), out=str(out), epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                        missing=MissingConfig(rate=train_missing_rate, modality=train_missing_modality),
-                       max_train=max_train)
+                       max_train=max_train, feature_cache=str(feature_cache) if feature_cache else None)
     metrics = run(tcfg, mcfg, clip_weights)
     if "best_epoch" in metrics:
         typer.echo(f"best epoch {metrics['best_epoch']}, valid score {metrics['valid_score']:.4f}; "

@@ -132,7 +132,7 @@ def open_corpus(root: Path, meld_task: str = "emotion") -> Corpus:
         )
     raise DataError(
         f"{root} is not a known corpus layout: expected label.csv + Raw/ (CMU-MOSI/MOSEI, MMSA layout) or "
-        f"{', '.join(meld.CSV_FILES.values())} (MELD); see docs/data.md"
+        f"{', '.join(meld.CSV_FILES.values())} (MELD); see the README section \"Real datasets\""
     )
 
 

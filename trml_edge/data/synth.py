@@ -190,6 +190,7 @@ def generate(out: Path, spec: SynthSpec) -> dict:
 
 def write_pool(out: Path, n: int, seed: int) -> None:
     """The unlabelled foundation pool: ``images.npy`` uint8 [n,64,64,3] and ``captions.txt``."""
+    out = Path(out)
     rng = np.random.default_rng(seed)
     images = np.empty((n, FRAME_SIZE, FRAME_SIZE, 3), dtype=np.uint8)
     captions = []

@@ -25,8 +25,8 @@ from trml_edge.metrics import classification_metrics, regression_metrics
 from trml_edge.missing import sample_masks
 from trml_edge.model.checkpoint import load_run
 from trml_edge.model.trml import TRML
-from trml_edge.train.features import SplitTensors, split_tensors
-from trml_edge.train.loop import load_splits, predict
+from trml_edge.train.features import SplitTensors, prepare_inputs, split_tensors
+from trml_edge.train.loop import predict
 
 TEST_SEED = 2024  # salt for the test masks: every method sees the same missing samples
 
@@ -50,8 +50,9 @@ def evaluate_run(run: Path, data: Path, missing: MissingConfig, fill: str | None
                  split: str = "test") -> dict[str, Any]:
     """Load a run and evaluate it on a split of ``data`` under the ``missing`` protocol."""
     model = load_run(run)
-    arrays = load_splits(data, model.cfg, splits=(split,))[split]
-    metrics = evaluate_model(model, split_tensors(model, arrays), missing, fill, seed)
+    arrays, inputs = prepare_inputs(model, data, splits=(split,))
+    arrays = arrays[split]
+    metrics = evaluate_model(model, inputs[split], missing, fill, seed)
     return {"run": str(run), "split": split, "n": len(arrays), "skipped_clips": len(arrays.skipped),
             "missing": {"rate": missing.rate, "modality": missing.modality}, "fill": fill or model.fill,
             "metrics": metrics}

@@ -7,7 +7,6 @@ interrupted experiment picks up where it stopped.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,8 +15,8 @@ from trml_edge.config import MissingConfig, TRMLConfig, write_json_atomic
 from trml_edge.data.corpus import ClipArrays
 from trml_edge.eval.evaluate import compare, methods
 from trml_edge.model.checkpoint import WEIGHTS, load_run, new_model
-from trml_edge.train.features import split_tensors
-from trml_edge.train.loop import TrainConfig, load_splits, train
+from trml_edge.train.features import SplitTensors, prepare_inputs
+from trml_edge.train.loop import TrainConfig, train
 
 DEMO_RATES = [0.0, 0.3, 0.5, 0.7]
 
@@ -46,18 +45,17 @@ def _model_cfg(cfg: ExperimentConfig, fill: str, alpha: float) -> TRMLConfig:
 
 
 def run_experiment(cfg: ExperimentConfig, arrays: dict[str, ClipArrays] | None = None,
-                   progress: bool = True) -> dict[str, Any]:
+                   inputs: dict[str, SplitTensors] | None = None, progress: bool = True) -> dict[str, Any]:
+    """Train (or reuse) the three runs and compare the five methods. ``arrays``/``inputs`` are the decoded
+    splits and their embeddings under ``cfg.clip_weights`` (``prepare_experiment``), to share across calls."""
     out = Path(cfg.out)
     specs = {  # run name -> (model config, training missing protocol)
         "complete": (_model_cfg(cfg, "zero", cfg.alpha), MissingConfig(rate=0.0, modality="either")),
         "dropout": (_model_cfg(cfg, "zero", 0.0), cfg.train_missing),
         "trml": (_model_cfg(cfg, "generator", cfg.alpha), cfg.train_missing),
     }
-    probe = new_model(copy.deepcopy(specs["trml"][0]), cfg.clip_weights)
-    if arrays is None:
-        arrays = load_splits(cfg.data, probe.cfg, splits=("train", "valid", "test"))
-    # every run shares the frozen backbone, so embed the data once
-    inputs = {s: split_tensors(probe, a) for s, a in arrays.items()} if probe.cfg.backbone.freeze else None
+    if arrays is None:  # every run shares the frozen backbone, so the data is embedded once
+        arrays, inputs = prepare_experiment(cfg)
     models = {}
     for name, (mcfg, missing) in specs.items():
         run = out / name
@@ -73,6 +71,12 @@ def run_experiment(cfg: ExperimentConfig, arrays: dict[str, ClipArrays] | None =
               else min(cfg.max_train, len(arrays["train"])), "n_test": len(arrays["test"]), "rows": rows}
     write_json_atomic(out / "comparison.json", result)
     return result
+
+
+def prepare_experiment(cfg: ExperimentConfig) -> tuple[dict[str, ClipArrays], dict[str, SplitTensors] | None]:
+    probe = new_model(_model_cfg(cfg, "generator", cfg.alpha), cfg.clip_weights)
+    arrays, inputs = prepare_inputs(probe, cfg.data, splits=("train", "valid", "test"))
+    return arrays, inputs if probe.cfg.backbone.freeze else None
 
 
 def table(rows: list[dict[str, Any]], title: str = "missing-modality comparison (test split)"):

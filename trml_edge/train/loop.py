@@ -28,7 +28,7 @@ from trml_edge.missing import sample_masks
 from trml_edge.model.checkpoint import WEIGHTS, new_model, save_run
 from trml_edge.model.losses import sml_loss, task_loss
 from trml_edge.model.trml import TRML
-from trml_edge.train.features import SplitTensors, fuse_batch, split_tensors
+from trml_edge.train.features import SplitTensors, fuse_batch, prepare_inputs, select_train, split_tensors
 
 log = logging.getLogger(__name__)
 STATE = "train_state.pt"
@@ -98,14 +98,6 @@ def _gather_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
     return torch.cat(dfn.all_gather(torch.cat([x, pad])))
 
 
-def _select(arrays: ClipArrays, n: int | None, seed: int) -> ClipArrays:
-    if n is None or n >= len(arrays):
-        return arrays
-    idx = np.sort(np.random.default_rng([seed, 104729]).permutation(len(arrays))[:n])
-    return ClipArrays([arrays.ids[i] for i in idx], [arrays.texts[i] for i in idx], arrays.labels[idx],
-                      arrays.frames[idx], arrays.frame_mask[idx], arrays.skipped)
-
-
 def load_splits(data: str | Path, model_cfg: TRMLConfig, splits=("train", "valid")) -> dict[str, ClipArrays]:
     """Decode every clip of ``splits`` into memory (a trainable backbone needs the frames; a frozen one is
     better served by ``trml_edge.train.features.prepare_inputs``, which streams them into embeddings)."""
@@ -146,8 +138,6 @@ def train(
 
     torch.manual_seed(tcfg.seed)  # model init
     model = new_model(mcfg, None if resume else clip_weights)
-    from trml_edge.train.features import prepare_inputs, select_train
-
     if resume:  # embed with the run's own CLIP weights, not the fresh initialization above
         state = torch.load(state_path, map_location="cpu", weights_only=True)["model"]
         model.clip.load_state_dict({k[len("clip."):]: v for k, v in state.items() if k.startswith("clip.")})
@@ -165,8 +155,7 @@ def train(
         groups.append({"params": list(model.clip.parameters()), "lr": tcfg.backbone_lr})
     optim = torch.optim.AdamW(groups, weight_decay=tcfg.weight_decay)
     steps_per_epoch = math.ceil(n / tcfg.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(optim, max_lr=[g["lr"] for g in groups], pct_start=0.1,
-                                                total_steps=tcfg.epochs * steps_per_epoch)
+    sched = torch.optim.lr_scheduler.LambdaLR(optim, warmup_cosine(tcfg.epochs * steps_per_epoch))
     start, best, history = 0, {"score": math.inf, "epoch": -1, "state": None}, []
     if resume:
         st = torch.load(state_path, map_location="cpu", weights_only=True)
@@ -284,6 +273,18 @@ def set_fill_means(model: TRML, data: SplitTensors) -> None:
         ts.append(o.t)
     model.mean_v.copy_(torch.cat(vs).mean(0))
     model.mean_t.copy_(torch.cat(ts).mean(0))
+
+
+def warmup_cosine(total: int, warmup: float = 0.1):
+    """LR multiplier: linear warm-up over the first ``warmup`` of the steps, then cosine decay to zero."""
+    warm = max(1, int(total * warmup))
+
+    def f(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+
+    return f
 
 
 def _save_state(path: Path, state: dict) -> None:

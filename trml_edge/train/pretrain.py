@@ -21,6 +21,7 @@ from trml_edge.errors import DataError
 from trml_edge.model.backbone import build_clip, image_size, resolve_arch, tokenize
 from trml_edge.model.checkpoint import save_clip
 from trml_edge.model.trml import text_features, trim_tokens
+from trml_edge.train.loop import _progress, warmup_cosine
 from trml_edge.preprocess import preprocess
 
 
@@ -60,10 +61,8 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> Path:
     n = len(images)
     steps = cfg.epochs * math.ceil(n / cfg.batch_size)
     optim = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(optim, max_lr=cfg.lr, total_steps=steps, pct_start=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(optim, warmup_cosine(steps))
     loss_fn = ClipLoss()
-    from trml_edge.train.loop import _progress
-
     bar = _progress(progress)
     task = bar.add_task("pretrain CLIP", total=cfg.epochs) if bar else None
     model.train()

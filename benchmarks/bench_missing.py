@@ -32,7 +32,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--rates", type=float, nargs="+", default=[0.1, 0.3, 0.5, 0.7])
     ap.add_argument("--epochs", type=int, default=30)
-    ap.add_argument("--pretrain-epochs", type=int, default=6)
+    ap.add_argument("--pretrain-epochs", type=int, default=8)
     args = ap.parse_args()
 
     t0 = time.perf_counter()

@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 import pytest
 
-from export_fixtures import ROOT, bundle, calibration_set, random_run, synth_data, trained_run, workdir
+from export_fixtures import ROOT, bundle, calibration_set, random_run, synth_data, trained_run, workdir  # noqa: F401 (fixtures)
 from trml_edge.errors import BundleError, ConfigError, DataError, ParityError
 from trml_edge.export.graphs import GRAPH_NAMES, GRAPHS, model_dims
 from trml_edge.runtime.bundle import load_bundle, sha256_file

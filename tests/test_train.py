@@ -137,3 +137,22 @@ def test_synthetic_benchmark_is_deterministic_and_has_its_documented_correlation
     assert np.all(np.abs(y) <= 3) and np.allclose(y * 3, np.round(y * 3), atol=1e-3)
     big = generate(tmp_path / "c", SynthSpec(n=600, pool=8, seed=5))
     assert abs(big["empirical_corr_zv_zt"] - RHO) < 0.1
+
+
+def test_pretraining_lowers_the_contrastive_loss_and_writes_open_clip_layout(synth_data, tmp_path):
+    from trml_edge.config import TRMLConfig
+    from trml_edge.model.backbone import build_clip, resolve_arch
+    from trml_edge.model.checkpoint import new_model
+    from trml_edge.train.pretrain import PretrainConfig, pretrain
+
+    weights = pretrain(PretrainConfig(pool=str(synth_data / "pretrain"), out=str(tmp_path / "clip"), epochs=5,
+                                      batch_size=16, seed=0), progress=False)
+    meta = json.loads((tmp_path / "clip" / "open_clip_config.json").read_text())
+    losses = meta["preprocess_cfg"]["epoch_losses"]
+    assert losses[-1] < losses[0] - 0.1, losses
+    cfg = TRMLConfig()
+    cfg.backbone.arch = f"local-dir:{tmp_path / 'clip'}"
+    m = new_model(cfg, clip_weights=weights)
+    torch.manual_seed(0)
+    init = build_clip(resolve_arch("trml-tiny"))
+    assert not torch.equal(m.clip.visual.conv1.weight, init.visual.conv1.weight)

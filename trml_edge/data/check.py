@@ -27,7 +27,7 @@ FIXES = {
     "bad_label": "correct the label in the CSV (training skips the row)",
     "duplicate": "delete the repeated row (training skips it)",
     "bad_split": "set the split column to train, valid or test (training skips the row)",
-    "layout": "see the README section "Real datasets" for the expected layout",
+    "layout": "see the README section 'Real datasets' for the expected layout",
 }
 
 

@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 
 from trml_edge.config import MissingConfig, TRMLConfig, _build, write_json_atomic
-from trml_edge.data.corpus import ClipArrays, load_split, read_corpus
+from trml_edge.data.corpus import ClipArrays, load_split
 from trml_edge.errors import CheckpointError, ConfigError
 from trml_edge.missing import sample_masks
 from trml_edge.model.checkpoint import WEIGHTS, new_model, save_run

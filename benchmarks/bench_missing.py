@@ -28,11 +28,11 @@ METHODS = ["TRML", "zero-fill", "mean-fill", "modality dropout", "upper bound"]
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("bench_out/missing"))
-    ap.add_argument("--sizes", type=int, nargs="+", default=[150, 350, 696], help="labelled training clips")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[150, 696], help="labelled training clips")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--rates", type=float, nargs="+", default=[0.1, 0.3, 0.5, 0.7])
     ap.add_argument("--epochs", type=int, default=30)
-    ap.add_argument("--pretrain-epochs", type=int, default=8)
+    ap.add_argument("--pretrain-epochs", type=int, default=24)
     args = ap.parse_args()
 
     t0 = time.perf_counter()

@@ -28,7 +28,7 @@ def pretrain(
     pool: Path = typer.Argument(..., help="directory with images.npy and captions.txt (DATA/pretrain)"),
     out: Path = typer.Option(..., "--out", help="output directory (open_clip local-dir layout)"),
     backbone: str = typer.Option("trml-tiny", help="open_clip architecture name or JSON file"),
-    epochs: int = typer.Option(8),
+    epochs: int = typer.Option(24),
     batch_size: int = typer.Option(64),
     lr: float = typer.Option(3e-4),
     seed: int = typer.Option(0),
@@ -109,7 +109,7 @@ def demo(
     out: Path = typer.Option(Path("demo_out"), "--out", help="working directory; finished steps are reused"),
     n: int = typer.Option(1200, help="labelled clips in the synthetic benchmark"),
     pool: int = typer.Option(6000, help="image/caption pairs for the CLIP pretraining"),
-    pretrain_epochs: int = typer.Option(8),
+    pretrain_epochs: int = typer.Option(24),
     epochs: int = typer.Option(30),
     seed: int = typer.Option(0),
 ) -> None:

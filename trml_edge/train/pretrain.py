@@ -30,7 +30,7 @@ class PretrainConfig:
     pool: str = ""  # directory with images.npy (uint8 [n,H,W,3]) and captions.txt (one per line)
     out: str = ""
     arch: str = "trml-tiny"
-    epochs: int = 8
+    epochs: int = 24  # 8 left the embeddings without the label's signal (linear probe r < 0.1); 24 reach r 0.6
     batch_size: int = 64  # small batches: many more steps, which a from-scratch tower needs most on CPU
     lr: float = 3e-4  # higher rates leave the tiny ViT's features collapsed (measured: 1e-3 and up never learn)
     weight_decay: float = 0.1  # on matrices only; gains, biases, embeddings and the temperature are exempt

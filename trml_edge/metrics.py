@@ -54,6 +54,13 @@ def regression_metrics(pred, truth) -> dict[str, float]:
     }
 
 
+def task_metrics(task: str, pred, truth) -> dict[str, float]:
+    """Regression metrics for a score, or classification metrics for logits (argmax over the last axis)."""
+    if task == "regression":
+        return regression_metrics(pred, truth)
+    return classification_metrics(np.asarray(pred).argmax(-1), np.asarray(truth).astype(int))
+
+
 def classification_metrics(pred_labels, truth) -> dict[str, float]:
     pred_labels = np.asarray(pred_labels).reshape(-1)
     truth = np.asarray(truth).reshape(-1)

@@ -16,12 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from trml_edge.config import MissingConfig
 from trml_edge.data.corpus import ClipArrays
-from trml_edge.metrics import classification_metrics, regression_metrics
+from trml_edge.metrics import task_metrics
 from trml_edge.missing import sample_masks
 from trml_edge.model.checkpoint import load_run
 from trml_edge.model.trml import TRML
@@ -31,19 +30,13 @@ from trml_edge.train.loop import predict
 TEST_SEED = 2024  # salt for the test masks: every method sees the same missing samples
 
 
-def score(model: TRML, pred: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    if model.cfg.head.task == "regression":
-        return regression_metrics(pred, labels)
-    return classification_metrics(pred.argmax(-1), labels.astype(int))
-
-
 def evaluate_model(model: TRML, data: SplitTensors, missing: MissingConfig, fill: str | None = None,
                    seed: int = 0) -> dict[str, float]:
     """Metrics of ``model`` on ``data`` with the test masks drawn from ``(seed, rate)``."""
     has_v, has_t = sample_masks(len(data), missing, [seed, TEST_SEED, int(round(missing.rate * 1000))])
     model.eval()
     pred = predict(model, data, torch.from_numpy(has_v), torch.from_numpy(has_t), fill)
-    return score(model, pred, data.labels.numpy())
+    return task_metrics(model.cfg.head.task, pred, data.labels.numpy())
 
 
 def evaluate_run(run: Path, data: Path, missing: MissingConfig, fill: str | None = None, seed: int = 0,

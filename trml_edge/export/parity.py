@@ -18,7 +18,7 @@ from trml_edge.errors import ConfigError
 from trml_edge.export.calibration import graph_inputs
 from trml_edge.export.graphs import GRAPHS
 from trml_edge.export.onnx_export import graph_module
-from trml_edge.metrics import classification_metrics, regression_metrics
+from trml_edge.metrics import task_metrics
 from trml_edge.missing import sample_masks
 from trml_edge.model.trml import TRML
 
@@ -126,12 +126,6 @@ def torch_predict(model: TRML, arrays, has_v: np.ndarray, has_t: np.ndarray, bat
     return torch.cat(outs).numpy()
 
 
-def task_metrics(pred: np.ndarray, labels: np.ndarray, regression: bool) -> dict[str, float]:
-    if regression:
-        return regression_metrics(pred, labels)
-    return classification_metrics(np.asarray(pred).argmax(-1), labels.astype(int))
-
-
 def end_to_end(model: TRML, pipeline, arrays, budget: Budget, seed: int = 0) -> list[dict[str, Any]]:
     """Task metrics of the ONNX pipeline vs PyTorch FP32 under each scenario, checked against ``budget``."""
     regression = model.cfg.head.task == "regression"
@@ -145,7 +139,8 @@ def end_to_end(model: TRML, pipeline, arrays, budget: Budget, seed: int = 0) -> 
             has_v, has_t = sample_masks(n, MissingConfig(rate=1.0, modality=modality), seed)
         ref_pred = torch_predict(model, arrays, has_v, has_t)
         got_pred = pipeline.predict_batch(arrays.frames, arrays.frame_mask, list(arrays.texts), has_v, has_t)
-        ref, got = task_metrics(ref_pred, labels, regression), task_metrics(got_pred, labels, regression)
+        task = model.cfg.head.task
+        ref, got = task_metrics(task, ref_pred, labels), task_metrics(task, got_pred, labels)
         key = "has0_acc2" if regression else "acc"
         drop = ref[key] - got[key]
         # model-independent view: how far the predictions moved, and how often the decision changed

@@ -24,6 +24,7 @@ import torch.distributed as dist
 from trml_edge.config import MissingConfig, TRMLConfig, _build, write_json_atomic
 from trml_edge.data.corpus import ClipArrays, load_split
 from trml_edge.errors import CheckpointError, ConfigError
+from trml_edge.metrics import task_metrics
 from trml_edge.missing import sample_masks
 from trml_edge.model.checkpoint import WEIGHTS, new_model, save_run
 from trml_edge.model.losses import sml_loss, task_loss
@@ -138,9 +139,9 @@ def train(
 
     torch.manual_seed(tcfg.seed)  # model init
     model = new_model(mcfg, None if resume else clip_weights)
-    if resume:  # embed with the run's own CLIP weights, not the fresh initialization above
-        state = torch.load(state_path, map_location="cpu", weights_only=True)["model"]
-        model.clip.load_state_dict({k[len("clip."):]: v for k, v in state.items() if k.startswith("clip.")})
+    st = torch.load(state_path, map_location="cpu", weights_only=True) if resume else None
+    if st is not None:  # embed with the run's own CLIP weights, not the fresh initialization above
+        model.load_state_dict(st["model"])
     if arrays is None:  # frozen backbone: streamed into embeddings through the feature cache, no frames kept
         arrays, inputs = prepare_inputs(model, tcfg.data, cache=tcfg.feature_cache, rank=rank, world=world)
     arrays, inputs = select_train(arrays, inputs, tcfg.max_train, tcfg.seed)
@@ -157,9 +158,7 @@ def train(
     steps_per_epoch = math.ceil(n / tcfg.batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(optim, warmup_cosine(tcfg.epochs * steps_per_epoch))
     start, best, history = 0, {"score": math.inf, "epoch": -1, "state": None}, []
-    if resume:
-        st = torch.load(state_path, map_location="cpu", weights_only=True)
-        model.load_state_dict(st["model"])
+    if st is not None:
         optim.load_state_dict(st["optim"])
         sched.load_state_dict(st["sched"])
         start, best, history = st["epoch"] + 1, st["best"], st["history"]
@@ -201,7 +200,7 @@ def train(
             local = torch.tensor([totals[0]], dtype=torch.float64)
             dist.all_reduce(local)
             totals[0] = float(local)
-        score, valid_metrics = validate(model, valid_data, tcfg)
+        score = validate(model, valid_data, tcfg)
         rec = {"epoch": epoch, "task_loss": float(totals[0] / totals[2]), "sml_loss": float(totals[1] / totals[2]),
                "valid_score": float(score)}
         history.append(rec)
@@ -235,20 +234,14 @@ def train(
 
 
 @torch.no_grad()
-def validate(model: TRML, data: SplitTensors, tcfg: TrainConfig) -> tuple[float, dict]:
+def validate(model: TRML, data: SplitTensors, tcfg: TrainConfig) -> float:
     """Selection score on the valid split under the training protocol: MAE, or 1 - accuracy."""
-    from trml_edge.metrics import classification_metrics, regression_metrics
-
     model.eval()
     has_v, has_t = (torch.from_numpy(m) for m in sample_masks(len(data), tcfg.missing, [tcfg.seed, VALID_SEED]))
     pred = predict(model, data, has_v, has_t)
     model.train()
-    y = data.labels.numpy()
-    if model.cfg.head.task == "regression":
-        m = regression_metrics(pred, y)
-        return m["mae"], m
-    m = classification_metrics(pred.argmax(-1), y.astype(int))
-    return 1.0 - m["acc"], m
+    m = task_metrics(model.cfg.head.task, pred, data.labels.numpy())
+    return m["mae"] if model.cfg.head.task == "regression" else 1.0 - m["acc"]
 
 
 @torch.no_grad()

@@ -28,14 +28,14 @@ import torch.nn.functional as F
 
 from trml_edge.config import TRMLConfig
 from trml_edge.export.calibration import graph_inputs
-from trml_edge.export.graphs import model_dims
+from trml_edge.graphs import model_dims
 from trml_edge.export.onnx_export import export_graph
 from trml_edge.export.parity import synthetic_clips
 from trml_edge.export.precision import Int8Preset, to_int8
 from trml_edge.model.backbone import tokenize
 from trml_edge.model.checkpoint import new_model
 from trml_edge.model.trml import text_features
-from trml_edge.runtime.pipeline import trim_to_eot
+from trml_edge.routing import trim_to_eot
 
 SENTENCE = "honestly i think the acting was really not very good overall to me"  # 15 tokens with SOT and EOT
 

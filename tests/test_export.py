@@ -17,7 +17,7 @@ import pytest
 
 from export_fixtures import ROOT, bundle, calibration_set, random_run, synth_data, trained_run, workdir  # noqa: F401 (fixtures)
 from trml_edge.errors import BundleError, ConfigError, DataError, ParityError
-from trml_edge.export.graphs import GRAPH_NAMES, GRAPHS, model_dims
+from trml_edge.graphs import GRAPH_NAMES, GRAPHS, model_dims
 from trml_edge.runtime.bundle import load_bundle, sha256_file
 
 
@@ -92,7 +92,7 @@ def test_text_trimming_is_exact_against_fixed_77():
     from trml_edge.model.backbone import tokenize
     from trml_edge.model.checkpoint import load_run
     from trml_edge.model.trml import text_features
-    from trml_edge.runtime.pipeline import trim_to_eot
+    from trml_edge.routing import trim_to_eot
 
     model = load_run(trained_run())
     texts = ["good", "i think the acting was really not very good overall to me", "okay movie", "so the plot"]
@@ -232,7 +232,7 @@ def test_shipped_recipes_parse_and_validate():
 
 
 def test_graph_declaration_is_torch_free_and_drives_dynamic_axes():
-    code = "import sys; sys.modules['torch'] = None; from trml_edge.export.graphs import GRAPHS; print(len(GRAPHS))"
+    code = "import sys; sys.modules['torch'] = None; from trml_edge.graphs import GRAPHS; print(len(GRAPHS))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "6"
     model = onnx.load(str(bundle("fp32") / "graphs" / "text_encoder.onnx"))

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from export_fixtures import bundle, synth_data, trained_run
-from trml_edge.errors import MissingModalityError
+from trml_edge.errors import MissingModalityError, RequestError
 from trml_edge.runtime import BPETokenizer, Pipeline, load_bundle
-from trml_edge.runtime.pipeline import COMPLETE, TEXT_MISSING, VISUAL_MISSING, route
+from trml_edge.routing import COMPLETE, TEXT_MISSING, VISUAL_MISSING, route
 
 LONG = "word " * 100  # longer than the context: cut, EOT kept last
 SENTENCES = [
@@ -107,8 +107,10 @@ def test_missing_encoder_is_never_run(tmp_path):
     assert res.virtual_modality == "text" and "text_encoder" not in res.graphs
     with pytest.raises(MissingModalityError, match="FRAMES.*TEXT"):
         pipe2.predict(None, None)
-    with pytest.raises(MissingModalityError):
-        pipe2.predict(frames[:0], "   ")
+    with pytest.raises(RequestError, match="0 frames"):  # empty inputs are errors, not "missing"
+        pipe2.predict(frames[:0], "some text")
+    with pytest.raises(RequestError, match="TEXT is empty"):
+        pipe2.predict(frames, "   ")
 
 
 def test_runtime_works_with_torch_and_open_clip_blocked():

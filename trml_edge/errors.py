@@ -1,4 +1,8 @@
-"""Typed errors. Every message says what went wrong and what to do about it."""
+"""Typed errors. Every message says what went wrong and what to do about it.
+
+A leaf module (standard library only): ``trml-edge triton build`` copies it, byte for byte, beside the
+router's other torch-free modules, so the served router raises the same types.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +25,11 @@ class DataError(TrmlEdgeError):
 
 class MissingModalityError(DataError):
     """A sample has neither modality, so no prediction can be made."""
+
+
+class RequestError(DataError):
+    """One inference request is malformed (wrong dtype, rank, size, encoding...). The client must fix it;
+    a server answers it with a client-error status and keeps serving."""
 
 
 class MissingDependencyError(TrmlEdgeError):

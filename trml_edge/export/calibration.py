@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from trml_edge.errors import ConfigError, DataError
-from trml_edge.export.graphs import GRAPHS, model_dims
+from trml_edge.graphs import GRAPHS, model_dims
 from trml_edge.model.backbone import tokenize
 from trml_edge.model.trml import TRML
 from trml_edge.preprocess import normalize

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from trml_edge.config import write_json_atomic
 from trml_edge.errors import BundleError, ExportError, ParityError, TrmlEdgeError
-from trml_edge.export.graphs import GRAPH_NAMES, GRAPHS, model_dims
+from trml_edge.graphs import GRAPH_NAMES, GRAPHS, model_dims
 from trml_edge.export.recipe import ExportConfig
 from trml_edge.runtime.bundle import FORMAT, FORMAT_VERSION, MANIFEST, TOKENIZER_FILE, load_bundle, sha256_file
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trml_edge.errors import ExportError
-from trml_edge.export.graphs import GRAPHS, GraphSpec
+from trml_edge.graphs import GRAPHS, GraphSpec
 from trml_edge.model.trml import TRML, text_features
 
 DEFAULT_OPSET = 17  # LayerNormalization is a native op from 17; TensorRT 8.6+ and ORT 1.14+ read it

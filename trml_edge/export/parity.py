@@ -16,11 +16,12 @@ import torch
 from trml_edge.config import MissingConfig
 from trml_edge.errors import ConfigError
 from trml_edge.export.calibration import graph_inputs
-from trml_edge.export.graphs import GRAPHS
+from trml_edge.graphs import GRAPHS
 from trml_edge.export.onnx_export import graph_module
 from trml_edge.metrics import task_metrics
 from trml_edge.missing import sample_masks
 from trml_edge.model.trml import TRML
+from trml_edge.routing import trim_to_eot
 
 PRECISION_RANK = {"fp32": 0, "fp16": 1, "int8": 2}
 SCENARIO_MASKS = {"complete": None, "visual_missing": "visual", "text_missing": "text"}
@@ -92,8 +93,6 @@ def synthetic_clips(model: TRML, n: int, seed: int):
 @torch.no_grad()
 def graph_parity(model: TRML, name: str, session, feeds: dict[str, np.ndarray], budget: Budget) -> dict[str, Any]:
     """One graph: PyTorch submodule vs ONNX session on the same inputs (text trimmed like the runtime)."""
-    from trml_edge.runtime.pipeline import trim_to_eot
-
     feeds = dict(feeds)
     if "tokens" in feeds:
         feeds["tokens"] = trim_to_eot(feeds["tokens"])

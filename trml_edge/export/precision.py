@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 
 from trml_edge.errors import ConfigError, ExportError
+from trml_edge.routing import trim_to_eot
 
 PRECISIONS = ("fp32", "fp16", "int8")
 
@@ -138,11 +139,6 @@ class _Reader:
 
     def rewind(self):
         self._it = self._batches()
-
-
-def trim_to_eot(tokens: np.ndarray) -> np.ndarray:
-    """(B, L) -> (B, L') with L' the batch's longest EOT position + 1 (EOT is the largest id)."""
-    return tokens[:, : int(tokens.argmax(axis=-1).max()) + 1]
 
 
 def to_int8(src: Path, dst: Path, preset: Int8Preset, calibration: dict[str, np.ndarray], batch: int = 8) -> Path:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from trml_edge.errors import ConfigError
-from trml_edge.export.graphs import GRAPH_NAMES, PROFILES, Profile
+from trml_edge.graphs import GRAPH_NAMES, PROFILES, Profile
 from trml_edge.export.onnx_export import DEFAULT_OPSET
 from trml_edge.export.parity import DEFAULT_BUDGETS, Budget
 from trml_edge.export.precision import PRECISIONS, Int8Preset, check_precision

@@ -16,7 +16,7 @@ import onnx
 
 from trml_edge.config import write_json_atomic
 from trml_edge.errors import ExportError, MissingDependencyError
-from trml_edge.export.graphs import GRAPHS, Profile
+from trml_edge.graphs import GRAPHS, Profile
 
 # Ops the TensorRT 10 ONNX parser (onnx-tensorrt, docs/operators.md) imports. A graph with any other op
 # fails to parse on the target, so the lint reports it on the exporting machine already.

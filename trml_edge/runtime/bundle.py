@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from trml_edge.errors import BundleError
-from trml_edge.export.graphs import GRAPH_NAMES
+from trml_edge.graphs import GRAPH_NAMES
 
 MANIFEST = "manifest.json"
 FORMAT = "trml-edge-bundle"

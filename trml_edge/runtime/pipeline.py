@@ -1,11 +1,8 @@
 """The edge pipeline: frames and/or text in, prediction out, routed around a missing modality.
 
-Routing (the same rules as the Triton router):
-
-* both present: image_encoder -> temporal_encoder -> v, text_encoder -> t, fusion_head(t, v);
-* frames missing: the image and temporal encoders are never run; v := gen_text_to_visual(t);
-* text missing: the text encoder is never run; t := gen_visual_to_text(v);
-* both missing: MissingModalityError naming FRAMES and TEXT; there is no guessed answer.
+The routing rules and the request checks live in ``trml_edge.routing``, shared with the Triton router:
+a missing modality's encoder never runs, its generator replaces it, and a request with neither modality
+is refused with MissingModalityError.
 """
 
 from __future__ import annotations
@@ -15,55 +12,37 @@ from pathlib import Path
 
 import numpy as np
 
-from trml_edge.errors import DataError, MissingModalityError
 from trml_edge.preprocess import preprocess
+from trml_edge.routing import (COMPLETE, ROUTES, TEXT_MISSING, VIRTUAL_MODALITY, VISUAL_MISSING, RequestLimits,
+                               check_frames, check_text, pick_frames, route, trim_to_eot)
 from trml_edge.runtime.bundle import Bundle, load_bundle
-from trml_edge.runtime.tokenizer import BPETokenizer
+from trml_edge.tokenizer import BPETokenizer
 
-COMPLETE, VISUAL_MISSING, TEXT_MISSING = "complete", "visual_missing", "text_missing"
-ROUTES = {  # scenario -> graphs run, in order
-    COMPLETE: ("image_encoder", "temporal_encoder", "text_encoder", "fusion_head"),
-    VISUAL_MISSING: ("text_encoder", "gen_text_to_visual", "fusion_head"),
-    TEXT_MISSING: ("image_encoder", "temporal_encoder", "gen_visual_to_text", "fusion_head"),
-}
-
-
-def route(has_visual: bool, has_text: bool) -> str:
-    """The scenario for one request. Pure, so it is tested without any model."""
-    if has_visual and has_text:
-        return COMPLETE
-    if has_text:
-        return VISUAL_MISSING
-    if has_visual:
-        return TEXT_MISSING
-    raise MissingModalityError("the request has neither FRAMES nor TEXT; send at least one of them")
-
-
-def trim_to_eot(tokens: np.ndarray) -> np.ndarray:
-    """(B, L) -> (B, L'): cut at the batch's longest EOT (the largest id). Exact for CLIP's causal tower."""
-    return tokens[:, : int(tokens.argmax(axis=-1).max()) + 1]
+__all__ = ["COMPLETE", "ROUTES", "TEXT_MISSING", "VISUAL_MISSING", "Pipeline", "Prediction", "route", "trim_to_eot"]
 
 
 @dataclass
 class Prediction:
     output: np.ndarray  # () regression score or (C,) class logits
     virtual_modality: str  # "", "visual" or "text": which embedding the generator produced
-    graphs: tuple[str, ...]  # the graphs that ran, in order
+    graphs: tuple[str, ...]  # the graphs that actually ran for this request, in order
 
 
 class Pipeline:
     def __init__(self, bundle: Bundle | str | Path, providers: tuple[str, ...] = ("CPUExecutionProvider",),
-                 threads: int = 0):
+                 threads: int = 0, limits: RequestLimits = RequestLimits()):
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
-        self.providers, self.threads = tuple(providers), threads
+        self.providers, self.threads, self.limits = tuple(providers), threads, limits
         pre = self.bundle.preprocess
         self.size, self.mean, self.std = int(pre["image_size"]), pre["mean"], pre["std"]
         self.max_frames = int(pre["max_frames"])
         tok = self.bundle.manifest["tokenizer"]
         self.tokenizer = BPETokenizer(self.bundle.root / tok["file"], int(tok["context_length"]))
         self.regression = self.bundle.task == "regression"
+        self.trace: list[str] = []  # graphs run since the last reset, in order (Prediction.graphs)
 
     def run(self, graph: str, **feeds: np.ndarray) -> np.ndarray:
+        self.trace.append(graph)
         return self.bundle.session(graph, self.providers, self.threads).run(None, feeds)[0]
 
     # --- building blocks, batched ---
@@ -89,25 +68,25 @@ class Pipeline:
 
     # --- one request ---
     def predict(self, frames: np.ndarray | None, text: str | None) -> Prediction:
-        """frames: uint8 [n, H, W, 3] or None; text: a string or None."""
-        has_v = frames is not None and len(frames) > 0
-        has_t = text is not None and text.strip() != ""
-        scenario = route(has_v, has_t)
-        if has_v:
-            frames = np.asarray(frames)
-            if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
-                raise DataError(f"FRAMES must be uint8 [n, H, W, 3], got {frames.dtype} {list(frames.shape)}")
-            pick = np.unique(np.linspace(0, len(frames) - 1, min(len(frames), self.max_frames)).round().astype(int))
-            frames = frames[pick][None]  # (1, T, H, W, 3)
+        """frames: uint8 [n, H, W, 3] or None; text: a string or None (None = that modality is missing).
+
+        Malformed input (wrong dtype or shape, 0 frames, empty text, over the request limits) raises
+        RequestError; more frames than the model takes are sub-sampled uniformly to ``max_frames``.
+        """
+        scenario = route(frames is not None, text is not None)
+        self.trace = []
+        if frames is not None:
+            frames = check_frames(frames, self.limits)
+            frames = frames[pick_frames(len(frames), self.max_frames)][None]  # (1, T, H, W, 3)
             v = self.visual_embedding(frames, np.ones(frames.shape[:2], bool))
-        if has_t:
-            t = self.text_embedding(self.tokenizer([text]))
+        if text is not None:
+            t = self.text_embedding(self.tokenizer([check_text(text, self.limits)]))
         if scenario == VISUAL_MISSING:
             v = self.run("gen_text_to_visual", t=t)
         elif scenario == TEXT_MISSING:
             t = self.run("gen_visual_to_text", v=v)
-        virtual = {COMPLETE: "", VISUAL_MISSING: "visual", TEXT_MISSING: "text"}[scenario]
-        return Prediction(self.head(t, v)[0], virtual, ROUTES[scenario])
+        out = self.head(t, v)[0]
+        return Prediction(out, VIRTUAL_MODALITY[scenario], tuple(self.trace))
 
     # --- a labelled batch (evaluation): each sample routed by its own masks ---
     def predict_batch(self, frames: np.ndarray, frame_mask: np.ndarray, texts: list[str],

@@ -65,6 +65,7 @@ def check(
         console.print(f"[red]{kind}[/]: {n} -> fix: {FIXES[kind]}")
         for p in [p for p in report.problems if p.kind == kind][:show]:
             console.print(f"  {p.item}{f' ({p.where})' if p.where else ''}: {p.detail}", markup=False)
-    console.print(f"{len(report.problems)} problems; training skips the affected clips and reports the count "
+    n = len(report.problems)
+    console.print(f"{n} problem{'s' if n != 1 else ''}; training skips the affected clips and reports the count "
                   "as skipped_clips")
     raise typer.Exit(code=1)

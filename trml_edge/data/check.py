@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from trml_edge.data.corpus import SPLITS, Corpus, open_corpus
+from trml_edge.data.corpus import open_corpus
+from trml_edge.data.records import SPLITS, Corpus
 from trml_edge.errors import ClipError
 
 FIXES = {
@@ -27,6 +28,8 @@ FIXES = {
     "bad_label": "correct the label in the CSV (training skips the row)",
     "duplicate": "delete the repeated row (training skips it)",
     "bad_split": "set the split column to train, valid or test (training skips the row)",
+    "malformed_row": "fix the row in the CSV: one value per header column, a value that holds a comma or a "
+                     "quote in double quotes, a quote inside it doubled (\"\") (training skips the row)",
     "layout": "see the README section 'Real datasets' for the expected layout",
 }
 
@@ -67,6 +70,8 @@ class CheckReport:
 
 
 def _row_kind(detail: str) -> str:
+    if detail.startswith("malformed row"):
+        return "malformed_row"
     if detail.startswith("duplicate"):
         return "duplicate"
     if detail.startswith("mode ") or "not train, valid or test" in detail:
@@ -86,7 +91,7 @@ def _label_summary(corpus: Corpus, labels: list[float]) -> dict[str, Any]:
 
 def check_corpus(root: Path, meld_task: str = "emotion", decode: bool = True, on_clip=None) -> CheckReport:
     """Read the corpus under ``root`` and report every problem; decodes each clip unless ``decode=False``."""
-    from trml_edge.data.video import decoded_frames
+    from trml_edge.data.video import FIX as CLIP_FIX, decoded_frames
 
     corpus = open_corpus(Path(root), meld_task)
     report = CheckReport(str(root), corpus.layout, corpus.task, corpus.class_names, decoded=decode)
@@ -101,15 +106,16 @@ def check_corpus(root: Path, meld_task: str = "emotion", decode: bool = True, on
             report.problems.append(Problem(_row_kind(r.problem), r.clip_id, r.problem, r.where))
             continue
         if r.video is None:
-            report.problems.append(Problem("missing_video", r.clip_id, "no clip file for this row", r.where))
+            report.problems.append(Problem("missing_video", r.clip_id, r.video_note or "no clip file for this row",
+                                           r.where))
             continue
         if decode:
             try:
                 if decoded_frames(r.video) == 0:
                     report.problems.append(Problem("empty", r.clip_id, f"{r.video} has no frames", r.where))
                     continue
-            except ClipError as e:
-                report.problems.append(Problem(e.kind, r.clip_id, str(e), r.where))
+            except ClipError as e:  # the fix is the kind's FIXES entry: drop the message's own advice
+                report.problems.append(Problem(e.kind, r.clip_id, str(e).replace(f"; {CLIP_FIX}", ""), r.where))
                 continue
             if on_clip is not None:
                 on_clip(i + 1, len(corpus.records))

@@ -1,4 +1,5 @@
-"""Corpus records, layout detection and split loading.
+"""Layout detection, the MMSA reader and split loading (the records themselves: ``trml_edge.data.records``,
+re-exported here).
 
 Two community layouts are read as they are downloaded:
 
@@ -16,62 +17,21 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from trml_edge.data import meld
+from trml_edge.data.records import SPLITS, ClipArrays, ClipRecord, Corpus, clip_file, clip_files
+from trml_edge.data.tables import read_rows
 from trml_edge.errors import ClipError, DataError
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "valid", "test")
 SPLIT_ALIASES = {"dev": "valid", "val": "valid", "validation": "valid", "valid": "valid", "train": "train",
                  "test": "test"}
 MMSA_COLUMNS = ("video_id", "clip_id", "text", "label", "mode")
 MMSA_RANGE = (-3.0, 3.0)  # MOSI/MOSEI sentiment: the mean of annotations on a -3 .. 3 scale
-
-
-@dataclass(frozen=True)
-class ClipRecord:
-    clip_id: str  # unique within the corpus
-    text: str
-    label: float  # regression score, or class index for classification corpora
-    split: str  # train | valid | test
-    video: Path | None  # None when the corpus row has no video file
-    problem: str | None = None  # why the row cannot be used (bad label, duplicate id ...), else None
-    where: str = ""  # file and line of the row, for reports
-
-
-@dataclass
-class ClipArrays:
-    ids: list[str]
-    texts: list[str]
-    labels: np.ndarray  # (N,) float32
-    frames: np.ndarray | None  # (N, T, S, S, 3) uint8 resized for the backbone; None when only embeddings are kept
-    frame_mask: np.ndarray  # (N, T) bool
-    skipped: dict[str, str] = field(default_factory=dict)  # clip id -> why it was skipped
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-
-@dataclass
-class Corpus:
-    """A corpus read from disk: its records, every video file found, and what the labels mean."""
-
-    layout: str  # "mmsa" | "meld"
-    root: Path
-    records: list[ClipRecord]
-    videos: list[Path]  # every clip file present, to find files that no row refers to
-    task: str  # regression | classification
-    class_names: tuple[str, ...] = ()  # index -> name, for classification
-    label_range: tuple[float, float] | None = None  # valid regression range
-    notes: list[str] = field(default_factory=list)  # layout problems that are not tied to one row
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names) if self.task == "classification" else 1
 
 
 def split_name(value: str) -> str | None:
@@ -80,34 +40,36 @@ def split_name(value: str) -> str | None:
 
 def read_mmsa_corpus(root: Path) -> Corpus:
     """CMU-MOSI / CMU-MOSEI in the MMSA raw layout: ``label.csv`` and ``Raw/<video_id>/<clip_id>.mp4``."""
-    from trml_edge.data.tables import read_rows
-
     root = Path(root)
     path = root / "label.csv"
-    records, seen = [], set()
+    raw = root / "Raw"
+    records, seen, notes = [], set(), []
+    if not raw.is_dir():
+        notes.append(f"the clip folder {raw} is missing, so no row has its clip; unpack the videos as "
+                     "Raw/<video_id>/<clip_id>.mp4 beside label.csv")
     lo, hi = MMSA_RANGE
-    for line, row in read_rows(path, MMSA_COLUMNS, "MMSA label.csv"):
+    for line, row, problem in read_rows(path, MMSA_COLUMNS, "MMSA label.csv"):
         clip_id = f"{row['video_id']}$_${row['clip_id']}"  # MMSA's own id convention
-        video = root / "Raw" / row["video_id"] / f"{row['clip_id']}.mp4"
-        problem, label = None, math.nan
+        video, note = clip_file(raw / row["video_id"] / f"{row['clip_id']}.mp4")
+        if not raw.is_dir():
+            note = f"the clip folder {raw} is missing"
+        label = math.nan
         try:
             label = float(row["label"])
         except ValueError:
-            problem = f"label {row['label']!r} is not a number"
+            problem = problem or f"label {row['label']!r} is not a number"
         split = split_name(row["mode"])
         if problem is None and not (lo <= label <= hi):  # also catches NaN
             problem = f"label {label:g} is outside [{lo:g}, {hi:g}]"
         if split is None:
             problem = problem or f"mode {row['mode']!r} is not train, valid or test"
             split = row["mode"]
-        if clip_id in seen:
+        if clip_id in seen and not (problem or "").startswith("malformed row"):
             problem = f"duplicate row for {row['video_id']}/{row['clip_id']}"
         seen.add(clip_id)
-        records.append(ClipRecord(clip_id, row["text"], label, split, video if video.is_file() else None,
-                                  problem, f"{path.name}:{line}"))
-    videos = sorted(p for p in (root / "Raw").rglob("*.mp4") if not p.name.startswith(".")) \
-        if (root / "Raw").is_dir() else []
-    return Corpus("mmsa", root, records, videos, "regression", (), MMSA_RANGE)
+        records.append(ClipRecord(clip_id, row["text"], label, split, video, problem, f"{path.name}:{line}", note))
+    videos = clip_files(raw, "**/*.mp4") if raw.is_dir() else []
+    return Corpus("mmsa", root, records, videos, "regression", (), MMSA_RANGE, notes)
 
 
 def read_mmsa(root: Path) -> list[ClipRecord]:
@@ -116,14 +78,19 @@ def read_mmsa(root: Path) -> list[ClipRecord]:
 
 def open_corpus(root: Path, meld_task: str = "emotion") -> Corpus:
     """Detect the layout under ``root`` and read it. ``meld_task`` (emotion | sentiment) picks MELD's labels."""
-    from trml_edge.data import meld
-
     root = Path(root)
+    if root.is_file():
+        raise DataError(f"{root} is a file; give the dataset directory that holds it ({root.parent} for "
+                        "label.csv or a MELD csv)")
     if not root.is_dir():
         raise DataError(f"dataset directory {root} not found; create one with `trml-edge data synth {root}`")
-    if (root / "label.csv").is_file():
+    is_mmsa, is_meld = (root / "label.csv").is_file(), meld.is_meld(root)
+    if is_mmsa and is_meld:
+        raise DataError(f"{root} holds both an MMSA corpus (label.csv) and a MELD corpus "
+                        f"({', '.join(meld.CSV_FILES.values())}); put each corpus in its own directory")
+    if is_mmsa:
         return read_mmsa_corpus(root)
-    if meld.is_meld(root):
+    if is_meld:
         return meld.read_meld_corpus(root, meld_task)
     if any(root.rglob("*.pkl")):
         raise DataError(
@@ -153,8 +120,6 @@ def corpus_task(root: Path, meld_task: str = "emotion") -> tuple[str, int, tuple
 
 def meld_task_for(task: str, num_classes: int) -> str:
     """Which MELD labels a model head reads: 7 classes -> emotion, 3 -> sentiment."""
-    from trml_edge.data import meld
-
     for name, classes in meld.TASKS.items():
         if task == "classification" and num_classes == len(classes):
             return name
@@ -203,6 +168,7 @@ def load_split(records: list[ClipRecord], split: str, n_frames: int, image_size:
     from trml_edge.data.video import read_frames
 
     rows, skipped = usable(records, split)
+    total = len(rows) + len(skipped)  # every row of the split, counted once
     ids, texts, labels, frames, masks = [], [], [], [], []
     for r in rows:
         try:
@@ -215,7 +181,7 @@ def load_split(records: list[ClipRecord], split: str, n_frames: int, image_size:
         labels.append(r.label)
         frames.append(f)
         masks.append(m)
-    report_skipped(split, skipped, len(rows) + len(skipped))
+    report_skipped(split, skipped, total)
     if not ids:
         raise DataError(f"no readable clip in the {split!r} split ({len(skipped)} skipped); run `trml-edge data check`")
     return ClipArrays(ids, texts, np.asarray(labels, np.float32), np.stack(frames), np.stack(masks), skipped)

@@ -17,7 +17,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trml_edge.data.corpus import ClipRecord, Corpus
+from trml_edge.data.records import ClipRecord, Corpus, clip_file, clip_files
 from trml_edge.data.tables import read_rows
 from trml_edge.errors import ConfigError, DataError
 
@@ -92,24 +92,25 @@ def read_meld_corpus(root: Path, task: str = "emotion") -> Corpus:
             notes.append(f"MELD {split} clip folder {layout.folders[split]!r} not found under {root}; unpack "
                          f"its archive there or set its name in {LAYOUT_FILE}")
         else:
-            videos += sorted(p for p in folder.glob("*.mp4") if not p.name.startswith("."))
+            videos += clip_files(folder, "*.mp4")
         seen = set()
-        for line, row in read_rows(path, COLUMNS, "MELD"):
+        for line, row, problem in read_rows(path, COLUMNS, "MELD"):
             dia, utt = row["Dialogue_ID"], row["Utterance_ID"]
-            problem = None
-            if not (dia.isdigit() and utt.isdigit()):
+            if problem is None and not (dia.isdigit() and utt.isdigit()):
                 problem = f"Dialogue_ID {dia!r} / Utterance_ID {utt!r} are not integers"
             name = f"dia{dia}_utt{utt}"
             value = row[column].strip().lower()
             label = float(index.get(value, -1))
             if value not in index:
                 problem = problem or f"{column} {row[column]!r} is not one of {', '.join(names)}"
-            if name in seen:
+            if name in seen and not (problem or "").startswith("malformed row"):
                 problem = f"duplicate row for {name}"
             seen.add(name)
-            video = folder / f"{name}.mp4" if folder is not None else None
-            records.append(ClipRecord(f"{split}/{name}", row["Utterance"], label, split,
-                                      video if video is not None and video.is_file() else None,
-                                      problem, f"{path.name}:{line}"))
+            if folder is not None:
+                video, note = clip_file(folder / f"{name}.mp4")
+            else:
+                video, note = None, f"the MELD {split} clip folder {layout.folders[split]!r} is missing"
+            records.append(ClipRecord(f"{split}/{name}", row["Utterance"], label, split, video, problem,
+                                      f"{path.name}:{line}", note))
     return Corpus("meld", root, records, videos, "classification", names, None, notes)
 

@@ -38,8 +38,9 @@ def repair_mojibake(text: str) -> str:
         return text  # not a clean double encoding: leave it as written
 
 
-def read_text(path: Path) -> str:
-    """The whole file as text, decoded line by line (see the module docstring), without a BOM."""
+def read_lines(path: Path) -> list[str]:
+    """The file's physical lines (with their line ends), each decoded on its own (see the module docstring),
+    without a BOM."""
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -47,34 +48,95 @@ def read_text(path: Path) -> str:
         raise DataError(f"cannot read {path}: {e}; check the path and its permissions") from e
     if raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]
-    return "".join(decode_line(line) for line in raw.splitlines(keepends=True))
+    return [decode_line(line) for line in raw.splitlines(keepends=True)]
 
 
-def read_rows(path: Path, required: tuple[str, ...], what: str) -> list[tuple[int, dict[str, str]]]:
-    """Rows of a CSV as (line number, {column: stripped value}); header names are matched without spaces.
+def read_text(path: Path) -> str:
+    """The whole file as text, decoded line by line (see the module docstring), without a BOM."""
+    return "".join(read_lines(path))
+
+
+class _Lines:
+    """An iterator over physical lines whose position can be read and moved, to resynchronise after a
+    malformed quote."""
+
+    def __init__(self, lines: list[str]):
+        self.lines, self.pos = lines, 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        if self.pos >= len(self.lines):
+            raise StopIteration
+        self.pos += 1
+        return self.lines[self.pos - 1]
+
+
+def _one_line(line: str, n: int) -> list[str]:
+    """The fields of one physical line whose quoting is broken, split at every comma (quotes kept as
+    written). When that gives more than the ``n`` header columns, the fields before the first one holding
+    a quote keep their columns, the last fields keep theirs, and what lies between is the broken field."""
+    fields = next(csv.reader([line.rstrip("\r\n")], quoting=csv.QUOTE_NONE), [])
+    q = next((i for i, f in enumerate(fields) if '"' in f), None)
+    if q is None or len(fields) <= n or q >= n:
+        return fields
+    tail = n - q - 1  # columns after the broken one
+    return [*fields[:q], ",".join(fields[q : len(fields) - tail]), *fields[len(fields) - tail :]]
+
+
+def read_rows(path: Path, required: tuple[str, ...], what: str) -> list[tuple[int, dict[str, str], str | None]]:
+    """Rows of a CSV as (line number, {column: stripped value}, problem); header names are matched without
+    spaces. Every physical line is accounted for: a blank line is skipped, anything else is a row.
+
+    ``problem`` is None for a well-formed row, else a sentence starting with ``"malformed row"``: a row
+    with fewer or more values than the header (trailing empty values are tolerated), or a quote that does
+    not close where a field ends. A broken quote would otherwise swallow the rest of its line and the
+    following rows into one field; instead its line becomes one malformed row (fields split as written)
+    and reading resumes on the next physical line, so no row is lost.
 
     Raises ``DataError`` when a required column is missing, naming the columns that were found.
     """
-    text = read_text(path)
-    reader = csv.reader(io.StringIO(text, newline=""))
-    try:
-        header = [h.strip() for h in next(reader)]
-    except StopIteration:
-        raise DataError(f"{path} is empty; expected the {what} header {list(required)}") from None
-    except csv.Error as e:
-        raise DataError(f"{path}: cannot parse the header ({e}); expected the {what} header") from e
+    lines = read_lines(path)
+    if not lines:
+        raise DataError(f"{path} is empty; expected the {what} header {list(required)}")
+    header = [h.strip() for h in next(csv.reader([lines[0]]), [])]
     missing = [c for c in required if c not in header]
     if missing:
         raise DataError(f"{path} lacks columns {missing} (found {header}); expected the {what} header")
-    rows, start = [], reader.line_num + 1
-    try:
-        for values in reader:
-            line, start = start, reader.line_num + 1  # a quoted field may span lines: report the first
-            if not any(v.strip() for v in values):
-                continue  # blank line
-            values = values + [""] * (len(header) - len(values))
-            row = {h: repair_mojibake(v.strip()) for h, v in zip(header, values)}
-            rows.append((line, row))
-    except csv.Error as e:
-        raise DataError(f"{path}, line {reader.line_num}: {e}; fix the quoting on that line") from e
+    src = _Lines(lines)
+    src.pos = 1
+    reader = csv.reader(src, strict=True)
+    rows = []
+    while src.pos < len(lines):
+        start = src.pos  # 0-based index of the record's first physical line
+        problem = None
+        try:
+            values = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as e:
+            values = _one_line(lines[start], len(header))
+            problem = f"the quote on this line does not close where a field ends ({e})"
+        if problem is None and src.pos - start > 1 and len(values) != len(header):
+            values = _one_line(lines[start], len(header))
+            problem = (f"a quoted value opened on this line runs over {src.pos - start} lines and leaves "
+                       f"{len(values)} values")
+        if problem is not None:
+            problem = (f"malformed row: {problem}; the header has {len(header)} columns. Close the quote, or "
+                       'double it ("") inside a quoted field; the following lines are read as their own rows')
+            src.pos = start + 1
+            reader = csv.reader(src, strict=True)  # resume on the next physical line
+        if not any(v.strip() for v in values) and problem is None:
+            continue  # blank line
+        extra = [v for v in values[len(header):] if v.strip()]
+        if problem is None and len(values) < len(header):
+            problem = (f"malformed row: {len(values)} values, the header has {len(header)} columns; quote a value "
+                       "that holds a comma and fill every column")
+        elif problem is None and extra:
+            problem = (f"malformed row: {len(values)} values, the header has {len(header)} columns (extra: "
+                       f"{extra[:3]}); quote a value that holds a comma")
+        values = values + [""] * (len(header) - len(values))
+        row = {h: repair_mojibake(v.strip()) for h, v in zip(header, values)}
+        rows.append((start + 1, row, problem))
     return rows

@@ -44,6 +44,12 @@ def write_mp4(path: Path, frames: np.ndarray, fps: int = 4) -> None:
     tmp.replace(path)
 
 
+def _reason(e: Exception) -> str:
+    """An FFmpeg/OS error in words: its ``strerror`` ("Invalid data found when processing input"), without
+    the raw errno and the file name the message already gives."""
+    return getattr(e, "strerror", None) or str(e)
+
+
 @contextmanager
 def _open_video(path: Path):
     """Open ``path`` and yield (av, container, video stream), turning every failure into a ClipError."""
@@ -56,7 +62,7 @@ def _open_video(path: Path):
     try:
         container = av.open(str(path))
     except (av.error.FFmpegError, ValueError, OSError) as e:
-        raise CorruptClipError(f"cannot open {path} ({e}); the file is damaged or not a video; {FIX}") from e
+        raise CorruptClipError(f"cannot open {path} ({_reason(e)}); the file is damaged or not a video; {FIX}") from e
     try:
         if not container.streams.video:
             kinds = sorted({s.type for s in container.streams})
@@ -69,7 +75,7 @@ def _open_video(path: Path):
     except ClipError:
         raise
     except (av.error.FFmpegError, ValueError, OSError) as e:
-        raise CorruptClipError(f"cannot decode {path} ({e}); the file is damaged; {FIX}") from e
+        raise CorruptClipError(f"cannot decode {path} ({_reason(e)}); the file is damaged; {FIX}") from e
     finally:
         container.close()
 

@@ -218,6 +218,7 @@ def split_from_store(model: TRML, records: list[ClipRecord], split: str, store: 
                      ) -> tuple[ClipArrays, SplitTensors]:
     """A split's labels, texts and stored embeddings (no frames), skipping what could not be embedded."""
     rows, skipped = usable(records, split)
+    total = len(rows) + len(skipped)  # every row of the split, counted once
     keep = []
     for r in rows:
         sig = signature(r)
@@ -229,7 +230,7 @@ def split_from_store(model: TRML, records: list[ClipRecord], split: str, store: 
                 raise DataError(f"clip {r.clip_id} is missing from the feature store; run `trml-edge features` "
                                 "again (or train without --feature-cache)")
             skipped[r.clip_id] = failure[1]
-    report_skipped(split, skipped, len(rows) + len(skipped))
+    report_skipped(split, skipped, total)
     if not keep:
         raise DataError(f"no readable clip in the {split!r} split ({len(skipped)} skipped); run `trml-edge data check`")
     ids, texts = [r.clip_id for r in keep], [r.text for r in keep]

@@ -153,3 +153,19 @@ def make_meld(root: Path, seed: int = 1) -> dict:
         data = buf.getvalue().encode("utf-8").replace(b"<RAW92>", b"\x92")
         (root / MELD_CSV[split]).write_bytes(data)
     return problems
+
+
+def mmsa_row(vid, cid, text, label, mode="train"):
+    """One label.csv line, written as given (the text is not quoted: tests put their own quoting in it)."""
+    return f"{vid},{cid},{text},{label},0,0,0,Neutral,{mode}"
+
+
+def mmsa_corpus(root: Path, lines: list[str], clips: list[tuple[str, str]], rng=None) -> Path:
+    """An MMSA-layout corpus: label.csv from raw ``lines`` (written exactly as given) and a real 3-frame mp4
+    per (video, clip)."""
+    rng = rng or np.random.default_rng(0)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "label.csv").write_text("\n".join([",".join(MMSA_HEADER), *lines]) + "\n", encoding="utf-8")
+    for vid, cid in clips:
+        write_mp4(root / "Raw" / vid / f"{cid}.mp4", clip_frames(0.5, 3, rng))
+    return root

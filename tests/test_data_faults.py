@@ -12,29 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from data_fixtures import MMSA_HEADER, clip_frames, make_meld, write_corrupt
+from data_fixtures import make_meld, mmsa_corpus as corpus, mmsa_row as row, write_corrupt
 
 from trml_edge.data.check import FIXES, check_corpus
 from trml_edge.data.corpus import load_split, open_corpus
-from trml_edge.data.video import write_mp4
 from trml_edge.errors import DataError
-
-HEADER = ",".join(MMSA_HEADER)  # video_id,clip_id,text,label,label_T,label_A,label_V,annotation,mode
-
-
-def row(vid, cid, text, label, mode="train"):
-    return f"{vid},{cid},{text},{label},0,0,0,Neutral,{mode}"
-
-
-def corpus(root: Path, lines: list[str], clips: list[tuple[str, str]], rng=None) -> Path:
-    """label.csv from raw ``lines`` (written exactly as given) and a real 3-frame mp4 per (video, clip)."""
-    rng = rng or np.random.default_rng(0)
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "label.csv").write_text("\n".join([HEADER, *lines]) + "\n", encoding="utf-8")
-    for vid, cid in clips:
-        write_mp4(root / "Raw" / vid / f"{cid}.mp4", clip_frames(0.5, 3, rng))
-    return root
-
 
 def test_an_unterminated_quote_is_reported_at_its_line_and_loses_no_row(tmp_path):
     lines = [row("v", "0", "fine", 1.0),

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -149,9 +151,30 @@ def read_json(path: Path, what: str) -> dict[str, Any]:
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON to a temporary file beside ``path``, then rename, so a crash never leaves half a file."""
+    """Write JSON to a temporary file beside ``path``, then rename, so a crash never leaves half a file.
+
+    The file is strict JSON: a NaN or infinite float that reaches here becomes ``null``, with a warning that
+    names it (writers that know why a value is undefined say so in the report itself, as
+    ``trml_edge.metrics.json_ready`` does).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    found: list[str] = []
+    obj = _finite_or_null(obj, "", found)
+    if found:
+        logging.getLogger(__name__).warning("%s: %s not finite, written as null", path, ", ".join(found[:5]))
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n", encoding="utf-8")
     tmp.replace(path)
+
+
+def _finite_or_null(obj: Any, where: str, found: list[str]) -> Any:
+    """``obj`` with every non-finite float replaced by None; the replaced keys are appended to ``found``."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        found.append(where or "value")
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite_or_null(v, f"{where}.{k}" if where else str(k), found) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_null(v, f"{where}[{i}]", found) for i, v in enumerate(obj)]
+    return obj

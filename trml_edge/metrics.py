@@ -6,7 +6,11 @@ Regression (CMU-MOSI / CMU-MOSEI), predictions and labels in [-3, 3]:
 * Non0 Acc-2 / F1: samples whose label is exactly 0 are dropped, then > 0 against <= 0 for predictions;
 * Acc-7: clip both to [-3, 3], round, compare; Acc-5: the same after clipping to [-2, 2];
   rounding is numpy's (half to even), as in MMSA;
-* MAE and Pearson correlation.
+* MAE and Pearson correlation. Pearson's r is undefined (NaN) when the predictions or the labels are
+  constant, as in MMSA (``np.corrcoef``); it is never reported as 0.
+
+A metric that is undefined on the data is NaN in these dicts; ``undefined_reasons`` says why, and
+``json_ready`` turns the NaNs into ``null`` for a JSON report (strict JSON has no NaN).
 
 F1 is the support-weighted mean of the per-class F1 scores. Classification (MELD): accuracy and weighted F1.
 """
@@ -41,7 +45,7 @@ def regression_metrics(pred, truth) -> dict[str, float]:
     non0 = truth != 0
     has0_true, has0_pred = truth >= 0, pred >= 0
     non0_true, non0_pred = truth[non0] > 0, pred[non0] > 0
-    corr = float(np.corrcoef(pred, truth)[0, 1]) if pred.std() > 0 and truth.std() > 0 else 0.0
+    corr = float(np.corrcoef(pred, truth)[0, 1]) if pred.std() > 0 and truth.std() > 0 else float("nan")
     return {
         "has0_acc2": float(np.mean(has0_true == has0_pred)),
         "has0_f1": weighted_f1(has0_true, has0_pred),
@@ -65,3 +69,22 @@ def classification_metrics(pred_labels, truth) -> dict[str, float]:
     pred_labels = np.asarray(pred_labels).reshape(-1)
     truth = np.asarray(truth).reshape(-1)
     return {"acc": float(np.mean(pred_labels == truth)), "f1": weighted_f1(truth, pred_labels)}
+
+
+UNDEFINED = {  # metric -> why it can be undefined (NaN)
+    "non0_acc2": "every label is 0: Non0 drops the samples whose label is 0, so none is left",
+    "non0_f1": "every label is 0: Non0 drops the samples whose label is 0, so none is left",
+    "corr": "the predictions or the labels are constant: Pearson's r is undefined (0 / 0)",
+}
+
+
+def undefined_reasons(metrics: dict[str, float]) -> dict[str, str]:
+    """{metric: why} for every metric of ``metrics`` that is NaN."""
+    return {k: UNDEFINED.get(k, "undefined on these data") for k, v in metrics.items()
+            if isinstance(v, float) and not np.isfinite(v)}
+
+
+def json_ready(metrics: dict[str, float]) -> tuple[dict[str, float | None], dict[str, str]]:
+    """(``metrics`` with ``None`` for each undefined value, {metric: why it is undefined}) for a JSON report."""
+    reasons = undefined_reasons(metrics)
+    return {k: None if k in reasons else v for k, v in metrics.items()}, reasons

@@ -20,7 +20,7 @@ import torch
 
 from trml_edge.config import MissingConfig
 from trml_edge.data.corpus import ClipArrays
-from trml_edge.metrics import task_metrics
+from trml_edge.metrics import json_ready, task_metrics
 from trml_edge.missing import sample_masks
 from trml_edge.model.checkpoint import load_run
 from trml_edge.model.trml import TRML
@@ -41,14 +41,17 @@ def evaluate_model(model: TRML, data: SplitTensors, missing: MissingConfig, fill
 
 def evaluate_run(run: Path, data: Path, missing: MissingConfig, fill: str | None = None, seed: int = 0,
                  split: str = "test") -> dict[str, Any]:
-    """Load a run and evaluate it on a split of ``data`` under the ``missing`` protocol."""
+    """Load a run and evaluate it on a split of ``data`` under the ``missing`` protocol.
+
+    The result is strict JSON: a metric undefined on the split is ``None`` and ``undefined`` says why.
+    """
     model = load_run(run)
     arrays, inputs = prepare_inputs(model, data, splits=(split,))
     arrays = arrays[split]
-    metrics = evaluate_model(model, inputs[split], missing, fill, seed)
+    metrics, undefined = json_ready(evaluate_model(model, inputs[split], missing, fill, seed))
     return {"run": str(run), "split": split, "n": len(arrays), "skipped_clips": len(arrays.skipped),
             "missing": {"rate": missing.rate, "modality": missing.modality}, "fill": fill or model.fill,
-            "metrics": metrics}
+            "metrics": metrics, "undefined": undefined}
 
 
 @dataclass

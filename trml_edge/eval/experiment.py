@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from trml_edge.config import MissingConfig, TRMLConfig, write_json_atomic
+from trml_edge.metrics import json_ready
 from trml_edge.data.corpus import ClipArrays
 from trml_edge.eval.evaluate import compare, methods
 from trml_edge.model.checkpoint import WEIGHTS, load_run, new_model
@@ -69,8 +70,14 @@ def run_experiment(cfg: ExperimentConfig, arrays: dict[str, ClipArrays] | None =
     rows = compare(ms, arrays["test"], cfg.test_rates, cfg.test_modality, cfg.seed, test_inputs)
     result = {"config": asdict(cfg), "n_train": len(arrays["train"]) if cfg.max_train is None
               else min(cfg.max_train, len(arrays["train"])), "n_test": len(arrays["test"]), "rows": rows}
-    write_json_atomic(out / "comparison.json", result)
+    write_json_atomic(out / "comparison.json", {**result, "rows": [_json_row(r) for r in rows]})
     return result
+
+
+def _json_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A comparison row for strict JSON: an undefined metric is null, and ``undefined`` says why."""
+    values, why = json_ready(row)
+    return {**values, "undefined": why} if why else values
 
 
 def prepare_experiment(cfg: ExperimentConfig) -> tuple[dict[str, ClipArrays], dict[str, SplitTensors] | None]:

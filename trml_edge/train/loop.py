@@ -204,7 +204,7 @@ def train(
         rec = {"epoch": epoch, "task_loss": float(totals[0] / totals[2]), "sml_loss": float(totals[1] / totals[2]),
                "valid_score": float(score)}
         history.append(rec)
-        if score < best["score"]:
+        if improves(score, best):
             best = {"score": score, "epoch": epoch, "state": {k: v.clone() for k, v in model.state_dict().items()}}
         if bar:
             bar.update(task, advance=1, description=f"train  task {rec['task_loss']:.3f} sml {rec['sml_loss']:.3f} "
@@ -231,6 +231,15 @@ def train(
         state_path.unlink(missing_ok=True)
     _barrier()
     return metrics
+
+
+def improves(score: float, best: dict[str, Any]) -> bool:
+    """Whether an epoch's selection score (lower is better) beats ``best``. A NaN score (an undefined
+    metric, such as the Pearson r of a constant prediction) never beats a number, and a number always
+    beats NaN; the first epoch is taken whatever its score, so a model is always selected."""
+    if best["state"] is None:
+        return True
+    return not math.isnan(score) and (math.isnan(best["score"]) or score < best["score"])
 
 
 @torch.no_grad()

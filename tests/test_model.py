@@ -51,7 +51,21 @@ def test_generated_embedding_used_exactly_where_missing(model, pattern):
         assert torch.equal(o.t_used[i], expect_t)
     assert not torch.allclose(o.v_hat, o.v, atol=1e-3)  # the two differ, so the check above has teeth
     assert o.output.shape == (6,)
-    assert bool((o.output.abs() <= 3).all())
+    assert torch.equal(o.output, model.head(o.t_used, o.v_used))  # the head reads the embeddings used, (t, v)
+
+
+def test_regression_head_is_three_tanh_of_its_last_layer(model):
+    """Checked against the layers applied by hand, where tanh saturates and where it does not."""
+    torch.manual_seed(2)
+    t, v = torch.randn(4, model.dim) * 3, torch.randn(4, model.dim) * 3
+    net = model.head.net
+    with torch.no_grad():
+        y = net[4](net[2](net[1](net[0](torch.cat([t, v], -1)))))[:, 0]  # dropout is the identity in eval
+        assert torch.allclose(model.head(t, v), 3 * torch.tanh(y), atol=1e-6)
+        bias = net[4].bias.clone()
+        net[4].bias.fill_(50.0)  # saturated: the score is the end of the scale, not beyond it
+        assert torch.allclose(model.head(t, v), torch.full((4,), 3.0))
+        net[4].bias.copy_(bias)
 
 
 def test_generated_embedding_is_the_generator_applied_to_the_present_modality(model):
@@ -122,6 +136,16 @@ def test_sml_loss_falls_on_a_toy_batch():
         opt.step()
         losses.append(float(loss.detach()))
     assert losses[-1] < 0.25 * losses[0]
+
+
+def test_no_sml_gradient_reaches_the_real_embeddings():
+    """SML moves the generated embeddings toward the real ones, never the real ones toward the generated."""
+    torch.manual_seed(0)
+    leaf = lambda: torch.nn.functional.normalize(torch.randn(8, 16), dim=-1).requires_grad_()  # noqa: E731
+    v_hat, v, t_hat, t = leaf(), leaf(), leaf(), leaf()
+    sml_loss(v_hat, v, t_hat, t, torch.ones(8, dtype=torch.bool), tau=0.1).backward()
+    assert v.grad is None and t.grad is None
+    assert v_hat.grad.abs().sum() > 0 and t_hat.grad.abs().sum() > 0
 
 
 def test_sml_ignores_incomplete_samples():

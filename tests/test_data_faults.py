@@ -154,3 +154,24 @@ def test_corpus_readers_form_a_tree():
     assert not {"trml_edge.data.corpus", "trml_edge.data.meld"} & imports("records")
     assert "trml_edge.data.corpus" not in imports("meld")
     assert "trml_edge.data.records" in imports("meld") and "trml_edge.data.records" in imports("corpus")
+
+
+def test_load_split_skips_broken_clips_and_keeps_each_clip_with_its_own_frames(tmp_path):
+    """The loader behind export --data, calibrate and trainable-backbone training, on a corpus with every
+    kind of broken clip: each kept row has its own frames (decoded again here, one clip at a time)."""
+    from data_fixtures import make_mmsa
+
+    from trml_edge.data.video import read_frames
+
+    problems = make_mmsa(tmp_path / "mosi")
+    records = {r.clip_id: r for r in open_corpus(tmp_path / "mosi").records}
+    for split, broken in (("train", {"corrupt", "missing_video"}), ("valid", {"empty"}),
+                          ("test", {"bad_label", "no_video_stream"})):
+        arrays = load_split(list(records.values()), split, 6, 24)
+        assert set(arrays.skipped) == {problems[k] for k in broken}
+        want = [c for c, r in records.items() if r.split == split and c not in arrays.skipped]
+        assert arrays.ids == want  # in CSV order, nothing else dropped
+        for i, clip in enumerate(arrays.ids):
+            frames, mask = read_frames(records[clip].video, 6, size=24)
+            assert np.array_equal(arrays.frames[i], frames) and np.array_equal(arrays.frame_mask[i], mask), clip
+            assert arrays.labels[i] == np.float32(records[clip].label) and arrays.texts[i] == records[clip].text

@@ -62,6 +62,15 @@ def train(
     feature_cache: Optional[Path] = typer.Option(
         None, help="CLIP feature cache directory (frozen backbone); default DATA/.trml-features if built"),
     meld_task: str = typer.Option("emotion", help="MELD labels: emotion (7 classes) or sentiment (3)"),
+    fixed_missing: Optional[bool] = typer.Option(
+        None, help="draw each sample's missing modality once (missing data stays missing) "
+        "instead of once per epoch (modality dropout) [default: TrainConfig's]"),
+    gen_warmup_epochs: Optional[int] = typer.Option(
+        None, help="stage 1: epochs of the generators alone on the SML loss over complete "
+        "pairs, before the joint training (0: none) [default: TrainConfig's]"),
+    pair_data: Optional[str] = typer.Option(
+        None, help="stage-1 pairs: labelled, or train_split (adds the train clips outside "
+        "--max-train as unlabelled pairs) [default: TrainConfig's]"),
 ) -> None:
     """Train TRML (L = L_task + alpha * L_sml). Runs under torchrun for DistributedDataParallel."""
     from trml_edge.config import MissingConfig, TRMLConfig
@@ -75,7 +84,9 @@ def train(
     mcfg.head.dropout = dropout
     tcfg = TrainConfig(data=str(data), out=str(out), epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                        missing=MissingConfig(rate=train_missing_rate, modality=train_missing_modality),
-                       max_train=max_train, feature_cache=str(feature_cache) if feature_cache else None)
+                       max_train=max_train, feature_cache=str(feature_cache) if feature_cache else None,
+                       **{k: v for k, v in (("fixed_missing", fixed_missing), ("gen_warmup_epochs", gen_warmup_epochs),
+                                            ("pair_data", pair_data)) if v is not None})
     metrics = run(tcfg, mcfg, clip_weights)
     if "best_epoch" in metrics:
         typer.echo(f"best epoch {metrics['best_epoch']}, valid score {metrics['valid_score']:.4f}; "

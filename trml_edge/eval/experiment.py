@@ -37,6 +37,11 @@ class ExperimentConfig:
     test_modality: str = "either"
     alpha: float = 0.1
     tau: float = 0.07
+    fixed_missing: bool = TrainConfig.fixed_missing  # training masks drawn once (victim protocol) or per epoch
+    gen_warmup_epochs: int = TrainConfig.gen_warmup_epochs  # TRML's stage 1 (generators alone on SML)
+    pair_data: str = TrainConfig.pair_data  # stage-1 pairs: labelled, or the whole train split without labels
+    eval_split: str = "test"  # the split the methods are compared on ("valid" for choosing settings)
+    reuse: dict[str, str] = field(default_factory=dict)  # run name -> a finished run to use instead of training
 
 
 def _model_cfg(cfg: ExperimentConfig, fill: str, alpha: float) -> TRMLConfig:
@@ -59,17 +64,20 @@ def run_experiment(cfg: ExperimentConfig, arrays: dict[str, ClipArrays] | None =
         arrays, inputs = prepare_experiment(cfg)
     models = {}
     for name, (mcfg, missing) in specs.items():
-        run = out / name
+        run = Path(cfg.reuse.get(name, out / name))
         if not (run / WEIGHTS).is_file():
+            stage1 = {"gen_warmup_epochs": cfg.gen_warmup_epochs, "pair_data": cfg.pair_data} if name == "trml" else {}
             tcfg = TrainConfig(data=cfg.data, out=str(run), epochs=cfg.epochs, batch_size=cfg.batch_size,
-                               seed=cfg.seed, missing=missing, max_train=cfg.max_train)
+                               seed=cfg.seed, missing=missing, max_train=cfg.max_train,
+                               fixed_missing=cfg.fixed_missing and name != "complete", **stage1)
             train(tcfg, mcfg, cfg.clip_weights, arrays=arrays, inputs=inputs, progress=progress)
         models[name] = load_run(run)
     ms = methods(models["trml"], models["complete"], models["dropout"])
-    test_inputs = {id(m): inputs["test"] for m in models.values()} if inputs else None
-    rows = compare(ms, arrays["test"], cfg.test_rates, cfg.test_modality, cfg.seed, test_inputs)
+    split = cfg.eval_split
+    test_inputs = {id(m): inputs[split] for m in models.values()} if inputs else None
+    rows = compare(ms, arrays[split], cfg.test_rates, cfg.test_modality, cfg.seed, test_inputs)
     result = {"config": asdict(cfg), "n_train": len(arrays["train"]) if cfg.max_train is None
-              else min(cfg.max_train, len(arrays["train"])), "n_test": len(arrays["test"]), "rows": rows}
+              else min(cfg.max_train, len(arrays["train"])), "n_test": len(arrays[split]), "rows": rows}
     write_json_atomic(out / "comparison.json", {**result, "rows": [_json_row(r) for r in rows]})
     return result
 

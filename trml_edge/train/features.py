@@ -272,13 +272,20 @@ def prepare_inputs(model: TRML, data: str | Path, splits=("train", "valid"), cac
     return {s: a for s, (a, _) in out.items()}, {s: t for s, (_, t) in out.items()}
 
 
+def train_subset_index(total: int, n: int | None, seed: int) -> np.ndarray:
+    """The sorted indices of the seeded labelled subset of ``n`` among ``total`` training clips (all if None)."""
+    if n is None or n >= total:
+        return np.arange(total)
+    return np.sort(np.random.default_rng([seed, 104729]).permutation(total)[:n])
+
+
 def select_train(arrays: dict[str, ClipArrays], inputs: dict[str, SplitTensors] | None, n: int | None, seed: int
                  ) -> tuple[dict[str, ClipArrays], dict[str, SplitTensors] | None]:
     """Keep a seeded subset of ``n`` training clips (the same subset whatever the input path)."""
     train = arrays["train"]
     if n is None or n >= len(train):
         return arrays, inputs
-    idx = np.sort(np.random.default_rng([seed, 104729]).permutation(len(train))[:n])
+    idx = train_subset_index(len(train), n, seed)
     sub = ClipArrays([train.ids[i] for i in idx], [train.texts[i] for i in idx], train.labels[idx],
                      None if train.frames is None else train.frames[idx], train.frame_mask[idx], train.skipped)
     if inputs is not None:

@@ -29,7 +29,8 @@ from trml_edge.missing import sample_masks
 from trml_edge.model.checkpoint import WEIGHTS, new_model, save_run
 from trml_edge.model.losses import sml_loss, task_loss
 from trml_edge.model.trml import TRML
-from trml_edge.train.features import SplitTensors, fuse_batch, prepare_inputs, select_train, split_tensors
+from trml_edge.train.features import (SplitTensors, fuse_batch, prepare_inputs, select_train, split_tensors,
+                                     train_subset_index)
 
 log = logging.getLogger(__name__)
 STATE = "train_state.pt"
@@ -51,11 +52,25 @@ class TrainConfig:
     max_train: int | None = None  # labelled-set size: a seeded subset of the train split
     stop_after_epoch: int | None = None  # stop as if interrupted after this epoch (tests, time-boxed runs)
     feature_cache: str | None = None  # CLIP feature cache dir (frozen backbone); None: DATA/.trml-features if built
+    # True: each training sample's missing modality is drawn once, so missing data stays missing (the
+    # victim-modality protocol, where only a fraction of the training set is complete). False: redrawn
+    # every epoch, which is modality-dropout augmentation of complete data.
+    fixed_missing: bool = False
+    # stage 1 of two: this many epochs of the generators alone on the SML loss over complete pairs (no label
+    # read), before the joint training; 0 skips it
+    gen_warmup_epochs: int = 0
+    # stage-1 pairs: "labelled" (the labelled clips that are complete) or "train_split" (those, plus the
+    # train-split clips outside the labelled subset, used as unlabelled complete pairs)
+    pair_data: str = "labelled"
 
     def validate(self) -> None:
         self.missing.validate()
         if self.epochs < 1 or self.batch_size < 2:
             raise ConfigError("epochs must be >= 1 and batch_size >= 2 (SML needs in-batch negatives)")
+        if self.gen_warmup_epochs < 0:
+            raise ConfigError(f"gen_warmup_epochs must be >= 0, got {self.gen_warmup_epochs}")
+        if self.pair_data not in ("labelled", "train_split"):
+            raise ConfigError(f"pair_data must be labelled or train_split, got {self.pair_data!r}")
 
     def identity(self) -> dict[str, Any]:
         d = asdict(self)
@@ -144,11 +159,14 @@ def train(
         model.load_state_dict(st["model"])
     if arrays is None:  # frozen backbone: streamed into embeddings through the feature cache, no frames kept
         arrays, inputs = prepare_inputs(model, tcfg.data, cache=tcfg.feature_cache, rank=rank, world=world)
+    full_train = (arrays["train"], None if inputs is None else inputs["train"])
     arrays, inputs = select_train(arrays, inputs, tcfg.max_train, tcfg.seed)
     if inputs is None:
         inputs = {s: split_tensors(model, a) for s, a in arrays.items()}
     train_data, valid_data = inputs["train"], inputs["valid"]
     n = len(train_data)
+    if st is None and tcfg.gen_warmup_epochs > 0:  # a resumed run has its warmed-up generators in the state
+        warmup_generators(model, warmup_pairs(model, tcfg, train_data, *full_train), tcfg, mcfg.tau)
 
     head_params = [p for name, p in model.named_parameters() if not name.startswith("clip.")]
     groups = [{"params": head_params, "lr": tcfg.lr}]
@@ -179,7 +197,7 @@ def train(
         model.train()
         torch.manual_seed(tcfg.seed * 100_003 + epoch)  # dropout
         perm = np.random.default_rng([tcfg.seed, epoch]).permutation(n)
-        has_v, has_t = (torch.from_numpy(m) for m in sample_masks(n, tcfg.missing, [tcfg.seed, epoch, 1]))
+        has_v, has_t = (torch.from_numpy(m) for m in train_masks(n, tcfg, epoch))
         totals = np.zeros(3)
         for b in range(0, n, tcfg.batch_size):
             gidx = perm[b : b + tcfg.batch_size]
@@ -240,6 +258,68 @@ def improves(score: float, best: dict[str, Any]) -> bool:
     if best["state"] is None:
         return True
     return not math.isnan(score) and (math.isnan(best["score"]) or score < best["score"])
+
+
+def train_masks(n: int, tcfg: TrainConfig, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    """(has_visual, has_text) of the training samples in ``epoch``: drawn once per run when
+    ``fixed_missing``, else once per epoch."""
+    return sample_masks(n, tcfg.missing, [tcfg.seed, 1] if tcfg.fixed_missing else [tcfg.seed, epoch, 1])
+
+
+def warmup_pairs(model: TRML, tcfg: TrainConfig, train_data: SplitTensors, full_arrays: ClipArrays,
+                 full_inputs: SplitTensors | None) -> SplitTensors:
+    """The complete pairs stage 1 trains on (see ``TrainConfig.pair_data``); their labels are never read."""
+    if tcfg.fixed_missing:
+        has_v, has_t = train_masks(len(train_data), tcfg, 0)
+        pairs = train_data.subset(np.flatnonzero(has_v & has_t))
+    else:  # masks redrawn every epoch: every labelled clip is seen complete
+        pairs = train_data
+    if tcfg.pair_data == "labelled":
+        return pairs
+    chosen = train_subset_index(len(full_arrays), tcfg.max_train, tcfg.seed)
+    rest = np.setdiff1d(np.arange(len(full_arrays)), chosen)
+    if len(rest) == 0:
+        return pairs
+    full = full_inputs if full_inputs is not None else split_tensors(model, full_arrays)
+    extra = full.subset(rest)
+    return SplitTensors(*(None if a is None else (np.concatenate([a, b]) if isinstance(a, np.ndarray)
+                                                  else torch.cat([a, b]))
+                          for a, b in ((getattr(pairs, f), getattr(extra, f)) for f in
+                                       ("labels", "frame_mask", "tokens", "frames", "frame_emb", "text_emb"))))
+
+
+def warmup_generators(model: TRML, pairs: SplitTensors, tcfg: TrainConfig, tau: float) -> list[float]:
+    """Stage 1: the two generators alone, on the SML loss over complete pairs; returns the loss per epoch.
+
+    The encoders and the temporal encoder are held as they are (their embeddings are the targets), and no
+    label is read. Every DDP rank computes the same full-batch update on the same pairs, so the ranks stay
+    identical without communication and match a single process.
+    """
+    gens = [model.gen_text_to_visual, model.gen_visual_to_text]
+    params = [p for g in gens for p in g.parameters()]
+    optim = torch.optim.AdamW(params, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    n = len(pairs)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        optim, warmup_cosine(tcfg.gen_warmup_epochs * math.ceil(n / tcfg.batch_size)))
+    ones = torch.ones(n, dtype=torch.bool)
+    history = []
+    for epoch in range(tcfg.gen_warmup_epochs):
+        perm = np.random.default_rng([tcfg.seed, epoch, 3]).permutation(n)
+        total, count = 0.0, 0
+        for b in range(0, n, tcfg.batch_size):
+            idx = perm[b : b + tcfg.batch_size]
+            if len(idx) < 2:
+                continue
+            with torch.no_grad():
+                o = fuse_batch(model, pairs, idx, ones[idx], ones[idx])
+            loss = sml_loss(model.gen_text_to_visual(o.t), o.v, model.gen_visual_to_text(o.v), o.t, ones[idx], tau)
+            optim.zero_grad(set_to_none=True)
+            loss.backward()
+            optim.step()
+            sched.step()
+            total, count = total + float(loss.detach()) * len(idx), count + len(idx)
+        history.append(total / max(count, 1))
+    return history
 
 
 @torch.no_grad()

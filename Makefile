@@ -12,7 +12,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
-	$(BIN)/python -m pip install -e '.[train,serve,test]'
+	$(BIN)/python -m pip install -e '.[train,serve,profile,test]'
 	touch $(STAMP)
 
 demo: setup

@@ -125,35 +125,49 @@ def torch_predict(model: TRML, arrays, has_v: np.ndarray, has_t: np.ndarray, bat
     return torch.cat(outs).numpy()
 
 
+def scenario_masks(n: int, scenario: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(has_visual, has_text) for ``n`` samples under one scenario: every sample complete, or every sample
+    missing that modality. The same seed gives the same masks, so two predictors compare on equal terms."""
+    if scenario not in SCENARIO_MASKS:
+        raise ConfigError(f"unknown scenario {scenario!r}; choose one of {', '.join(SCENARIO_MASKS)}")
+    modality = SCENARIO_MASKS[scenario]
+    if modality is None:
+        return np.ones(n, bool), np.ones(n, bool)
+    return sample_masks(n, MissingConfig(rate=1.0, modality=modality), seed)
+
+
+def compare_predictions(task: str, ref_pred: np.ndarray, got_pred: np.ndarray, labels: np.ndarray,
+                        budget: Budget) -> dict[str, Any]:
+    """Task metrics of ``got_pred`` against those of the reference ``ref_pred`` on the same samples, and the
+    verdict of ``budget`` (Acc-2/accuracy drop; MAE rise for regression)."""
+    regression = task == "regression"
+    ref, got = task_metrics(task, ref_pred, labels), task_metrics(task, got_pred, labels)
+    key = "has0_acc2" if regression else "acc"
+    drop = ref[key] - got[key]
+    # model-independent view: how far the predictions moved, and how often the decision changed
+    decide = (lambda p: p >= 0) if regression else (lambda p: p.argmax(-1))
+    row = {"torch": ref, "onnx": got, "acc_drop": drop, "samples": len(labels),
+           "pred_max_abs": float(np.abs(ref_pred - got_pred).max()),
+           "decision_agreement": float(np.mean(decide(ref_pred) == decide(got_pred)))}
+    ok = drop <= budget.acc_drop + 1e-12
+    if regression:
+        row["mae_rise"] = got["mae"] - ref["mae"]
+        ok = ok and row["mae_rise"] <= budget.mae_rise + 1e-12
+    row["ok"] = bool(ok)
+    row["budget"] = {"acc_drop": budget.acc_drop, "mae_rise": budget.mae_rise}
+    return row
+
+
 def end_to_end(model: TRML, pipeline, arrays, budget: Budget, seed: int = 0) -> list[dict[str, Any]]:
     """Task metrics of the ONNX pipeline vs PyTorch FP32 under each scenario, checked against ``budget``."""
-    regression = model.cfg.head.task == "regression"
     labels = np.asarray(arrays.labels)
     rows = []
-    for scenario, modality in SCENARIO_MASKS.items():
-        n = len(arrays)
-        if modality is None:
-            has_v, has_t = np.ones(n, bool), np.ones(n, bool)
-        else:
-            has_v, has_t = sample_masks(n, MissingConfig(rate=1.0, modality=modality), seed)
+    for scenario in SCENARIO_MASKS:
+        has_v, has_t = scenario_masks(len(arrays), scenario, seed)
         ref_pred = torch_predict(model, arrays, has_v, has_t)
         got_pred = pipeline.predict_batch(arrays.frames, arrays.frame_mask, list(arrays.texts), has_v, has_t)
-        task = model.cfg.head.task
-        ref, got = task_metrics(task, ref_pred, labels), task_metrics(task, got_pred, labels)
-        key = "has0_acc2" if regression else "acc"
-        drop = ref[key] - got[key]
-        # model-independent view: how far the predictions moved, and how often the decision changed
-        decide = (lambda p: p >= 0) if regression else (lambda p: p.argmax(-1))
-        row = {"scenario": scenario, "torch": ref, "onnx": got, "acc_drop": drop, "samples": n,
-               "pred_max_abs": float(np.abs(ref_pred - got_pred).max()),
-               "decision_agreement": float(np.mean(decide(ref_pred) == decide(got_pred)))}
-        ok = drop <= budget.acc_drop + 1e-12
-        if regression:
-            row["mae_rise"] = got["mae"] - ref["mae"]
-            ok = ok and row["mae_rise"] <= budget.mae_rise + 1e-12
-        row["ok"] = bool(ok)
-        row["budget"] = {"acc_drop": budget.acc_drop, "mae_rise": budget.mae_rise}
-        rows.append(row)
+        rows.append({"scenario": scenario, **compare_predictions(model.cfg.head.task, ref_pred, got_pred, labels,
+                                                                 budget)})
     return rows
 
 

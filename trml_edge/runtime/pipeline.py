@@ -53,11 +53,19 @@ class Pipeline:
     def visual_embedding(self, frames: np.ndarray, frame_mask: np.ndarray) -> np.ndarray:
         """(B, T, H, W, 3) uint8 + (B, T) bool -> (B, D). Only the real frames go through the image encoder."""
         b, t = frame_mask.shape
-        pixels = preprocess(frames[frame_mask], self.size, self.mean, self.std)  # (n_real, 3, S, S)
+        pixels = self.preprocess(frames[frame_mask])  # (n_real, 3, S, S)
         emb = np.zeros((b, t, self._dim()), np.float32)
         if len(pixels):
             emb[frame_mask] = self.run("image_encoder", pixels=pixels)
         return self.run("temporal_encoder", frame_emb=emb, frame_mask=frame_mask.astype(bool))
+
+    def preprocess(self, frames: np.ndarray) -> np.ndarray:
+        """(n, H, W, 3) uint8 -> (n, 3, S, S) float32 pixels (a method, so a profiler can time it)."""
+        return preprocess(frames, self.size, self.mean, self.std)
+
+    def tokenize(self, texts: list[str]) -> np.ndarray:
+        """Strings -> (B, context_length) int64 tokens (a method, so a profiler can time it)."""
+        return self.tokenizer(texts)
 
     def _dim(self) -> int:
         return int(self.bundle.graphs["image_encoder"]["outputs"][0]["shape"][-1])
@@ -80,7 +88,7 @@ class Pipeline:
             frames = frames[pick_frames(len(frames), self.max_frames)][None]  # (1, T, H, W, 3)
             v = self.visual_embedding(frames, np.ones(frames.shape[:2], bool))
         if text is not None:
-            t = self.text_embedding(self.tokenizer([check_text(text, self.limits)]))
+            t = self.text_embedding(self.tokenize([check_text(text, self.limits)]))
         if scenario == VISUAL_MISSING:
             v = self.run("gen_text_to_visual", t=t)
         elif scenario == TEXT_MISSING:
@@ -104,7 +112,7 @@ class Pipeline:
             if hv.any():  # encoders only run on the samples that have the modality
                 v[hv] = self.visual_embedding(frames[sl][hv], frame_mask[sl][hv])
             if ht.any():
-                t[ht] = self.text_embedding(self.tokenizer([x for x, keep in zip(texts[sl], ht) if keep]))
+                t[ht] = self.text_embedding(self.tokenize([x for x, keep in zip(texts[sl], ht) if keep]))
             if (~hv).any():
                 v[~hv] = self.run("gen_text_to_visual", t=t[~hv])
             if (~ht).any():

@@ -2,23 +2,32 @@
 
 Behaviour matched to open_clip's ``SimpleTokenizer`` with its default ``clean="lower"``:
 
-1. clean: HTML entities unescaped (twice), whitespace runs collapsed to one space, stripped, lower-cased;
+1. clean: what ``ftfy.fix_text`` does to valid text (below), HTML entities unescaped twice more,
+   whitespace runs collapsed to one space, stripped, lower-cased;
 2. split into pieces: contractions ('s 't 're 've 'm 'll 'd), letter runs, single digits, and runs of
-   anything that is neither space, letter nor digit;
+   anything that is neither space, letter nor number (Unicode categories L* and N*, as ``regex``'s
+   ``\p{L}`` and ``\p{N}``);
 3. each piece's UTF-8 bytes are mapped to printable characters, the last one marked end-of-word, and
    merged pair by pair in the order of the merge list;
 4. wrapped in SOT ... EOT and padded with 0 (or cut, keeping EOT last) to the context length.
 
-open_clip first runs ``ftfy.fix_text``; we reproduce the parts of it that change valid text (curly quotes,
-ligatures, full-width forms, NFC) but not its mojibake repair, so only text that was decoded with the wrong
-codec (``"cafÃ©"``) can tokenize differently.
+From ``ftfy.fix_text`` (6.x, default settings) we reproduce, line by line and repeated until the line no
+longer changes: HTML entities unescaped (only up to the first line holding a ``<``), C1 control
+characters read as Windows-1252, Latin ligatures spelled out, full-width forms made normal width, curly
+quotes straightened, line breaks unified, surrogates repaired, terminal escapes and other control
+characters removed, NFC. Not reproduced: its mojibake repair (``"cafÃ©"`` -> ``"café"``), so only text
+that was decoded with the wrong codec can tokenize differently, and characters that Python's Unicode
+database does not know yet (unassigned in it, assigned in ``regex``'s newer one).
 """
 
 from __future__ import annotations
 
 import gzip
 import html
+import html.entities
+import itertools
 import re
+import sys
 import unicodedata
 from functools import lru_cache
 from pathlib import Path
@@ -29,11 +38,34 @@ N_MERGES = 49152 - 256 - 2  # CLIP's vocabulary: 256 bytes x2 (with/without end-
 SOT, EOT = "<start_of_text>", "<end_of_text>"
 _NEVER = 1 << 62  # rank of a pair that is not in the merge list
 
-# Python's ``re`` has no \p{L}; ``[^\W\d_]`` is "word character that is not a digit or underscore" = letters.
-_PIECES = re.compile(
-    r"<start_of_text>|<end_of_text>|'s|'t|'re|'ve|'m|'ll|'d|[^\W\d_]+|\d|(?:[^\s\w]|_)+",
-    re.IGNORECASE,
-)
+_CONTRACTIONS = r"<start_of_text>|<end_of_text>|'[s\u017f]|'t|'re|'ve|'m|'ll|'d"  # 'ſ: 's under IGNORECASE
+# regex's \s (Unicode White_Space); Python's \s would also take \x1c-\x1f
+_SPACE = " \t\n\x0b\x0c\r\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+_NEITHER = "\u0345"  # casefolds to a letter: under IGNORECASE no branch of open_clip's pattern matches it
+
+
+def _char_class(categories: str) -> str:
+    """A ``re`` character class body for every code point whose Unicode category starts with one of
+    ``categories`` (Python's ``re`` has no ``\\p{L}``)."""
+    out, start, prev = [], None, None
+    for cp in range(sys.maxunicode + 1):
+        if unicodedata.category(chr(cp))[0] in categories and chr(cp) != _NEITHER:
+            if prev is not None and cp == prev + 1:
+                prev = cp
+                continue
+            if start is not None:
+                out.append((start, prev))
+            start = prev = cp
+    out.append((start, prev))
+    return "".join(re.escape(chr(a)) if a == b else f"{re.escape(chr(a))}-{re.escape(chr(b))}" for a, b in out)
+
+
+@lru_cache(maxsize=1)
+def _pieces() -> re.Pattern:
+    """open_clip's ``[\\p{L}]+|[\\p{N}]|[^\\s\\p{L}\\p{N}]+`` split, built once (0.3 s) on first use."""
+    letters, numbers = _char_class("L"), _char_class("N")
+    # no IGNORECASE: the text is lower-cased already, and under it Python's re matches U+0345 as a letter
+    return re.compile(rf"{_CONTRACTIONS}|[{letters}]+|[{numbers}]|[^{_SPACE}{letters}{numbers}{_NEITHER}]+")
 
 
 def _byte_alphabet() -> dict[int, str]:
@@ -48,19 +80,75 @@ def _byte_alphabet() -> dict[int, str]:
     return table
 
 
-_QUOTES = {**{c: "'" for c in "\u02bc\u2018\u2019\u201a\u201b"}, **{c: '"' for c in "\u201c\u201d\u201e\u201f"}}
-_LIGATURES = "\u0132\u0133\u013f\u0140\u0149\u01c4\u01c5\u01c6\u01c7\u01c8\u01c9\u01ca\u01cb\u01cc" \
-             "\u01f1\u01f2\u01f3\ufb00\ufb01\ufb02\ufb03\ufb04\ufb05\ufb06"
-_PLAIN = str.maketrans({**_QUOTES, **{c: unicodedata.normalize("NFKC", c) for c in _LIGATURES}})
+# --- ftfy.fix_text on valid text (ftfy 6.x, default settings), with its own tables ---
+_ENTITY = re.compile(r"&#?[0-9A-Za-z]{1,24};")
+_ENTITIES = {f"&{name}": char for name, char in html.entities.html5.items() if name.endswith(";")}
+_ENTITIES.update({f"&{name.upper()}": char.upper() for name, char in html.entities.html5.items()
+                  if name.endswith(";") and name == name.lower()
+                  and html.unescape(f"&{name.upper()}") == f"&{name.upper()}"})  # &NTILDE; -> Ñ
+_C1 = re.compile("[\x80-\x9f]")
+_ANSI = re.compile("\033\\[((?:\\d|;)*)([a-zA-Z])")
+_SINGLE_QUOTES, _DOUBLE_QUOTES = re.compile("[\u02bc\u2018-\u201b]"), re.compile("[\u201c-\u201f]")
+_LIGATURES = {0x132: "IJ", 0x133: "ij", 0x149: "\u02bcn", 0x1F1: "DZ", 0x1F2: "Dz", 0x1F3: "dz", 0x1C4: "D\u017d",
+              0x1C5: "D\u017e", 0x1C6: "d\u017e", 0x1C7: "LJ", 0x1C8: "Lj", 0x1C9: "lj", 0x1CA: "NJ", 0x1CB: "Nj",
+              0x1CC: "nj", 0xFB00: "ff", 0xFB01: "fi", 0xFB02: "fl", 0xFB03: "ffi", 0xFB04: "ffl", 0xFB05: "\u017ft",
+              0xFB06: "st"}
+_WIDTH = {0x3000: " ", **{i: unicodedata.normalize("NFKC", chr(i)) for i in range(0xFF01, 0xFFF0)
+                         if unicodedata.normalize("NFKC", chr(i)) != chr(i)}}
+_CONTROL = dict.fromkeys(itertools.chain(range(0x00, 0x09), [0x0B], range(0x0E, 0x20), [0x7F], range(0x206A, 0x2070),
+                                         [0xFEFF], range(0xFFF9, 0xFFFD)))
+_SURROGATE_PAIR, _SURROGATE = re.compile("[\ud800-\udbff][\udc00-\udfff]"), re.compile("[\ud800-\udfff]")
+
+
+def _entity(m: re.Match) -> str:
+    text = m.group(0)
+    if text in _ENTITIES:
+        return _ENTITIES[text]
+    if text.startswith("&#"):
+        unescaped = html.unescape(text)
+        return text if ";" in unescaped else unescaped  # a numeric reference decoded whole, or left alone
+    return text
+
+
+def _c1(m: re.Match) -> str:
+    """A C1 control character read as the Windows-1252 byte it most likely was (ftfy's sloppy codec keeps
+    the five bytes Windows-1252 leaves undefined)."""
+    try:
+        return m.group(0).encode("latin-1").decode("cp1252")
+    except UnicodeDecodeError:
+        return m.group(0)
+
+
+def _fix_line(text: str, unescape: bool) -> str:
+    while True:
+        orig = text
+        if unescape:
+            text = _ENTITY.sub(_entity, text)
+        text = _C1.sub(_c1, text).translate(_LIGATURES).translate(_WIDTH)
+        text = _SINGLE_QUOTES.sub("'", _DOUBLE_QUOTES.sub('"', text))
+        for brk in ("\r\n", "\r", "\u2028", "\u2029", "\u0085"):
+            text = text.replace(brk, "\n")
+        text = _SURROGATE_PAIR.sub(lambda m: chr(0x10000 + (ord(m.group(0)[0]) - 0xD800) * 0x400
+                                                 + ord(m.group(0)[1]) - 0xDC00), text)
+        text = _SURROGATE.sub("\ufffd", text)
+        text = _ANSI.sub("", text).translate(_CONTROL)
+        text = unicodedata.normalize("NFC", text)
+        if text == orig:
+            return text
 
 
 def _plain(text: str) -> str:
-    """The parts of ftfy.fix_text that change valid text: ligatures and full-width forms spelled out,
-    curly quotes straightened, NFC normalization. (Mojibake repair is not reproduced.)"""
-    text = text.translate(_PLAIN)
-    text = "".join(unicodedata.normalize("NFKC", c) if c == "\u3000" or "\uff01" <= c <= "\uffef" else c
-                   for c in text)
-    return unicodedata.normalize("NFC", text)
+    """``ftfy.fix_text`` without its mojibake repair: line by line (a line is cut at 1e6 characters), HTML
+    unescaping switched off from the first line that holds a ``<``."""
+    out, pos, unescape = [], 0, True
+    while pos < len(text):
+        end = text.find("\n", pos) + 1 or len(text)
+        end = min(end, pos + 1_000_000)
+        line = text[pos:end]
+        unescape = unescape and "<" not in line
+        out.append(_fix_line(line, unescape))
+        pos = end
+    return "".join(out)
 
 
 def clean(text: str) -> str:
@@ -103,7 +191,7 @@ class BPETokenizer:
 
     def encode(self, text: str) -> list[int]:
         out = []
-        for piece in _PIECES.findall(clean(text)):
+        for piece in _pieces().findall(clean(text)):
             if piece in (SOT, EOT):
                 out.append(self.ids[piece])
                 continue

@@ -44,6 +44,10 @@ class ParityError(ExportError):
     """A converted graph or pipeline is outside its error budget."""
 
 
+class ServingError(TrmlEdgeError):
+    """A Triton repository cannot be built, a server cannot start, or a server answered with an error."""
+
+
 class BundleError(TrmlEdgeError):
     """An export bundle is missing files or fails its hash check."""
 

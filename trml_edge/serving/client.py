@@ -1,0 +1,121 @@
+"""A client for the ``trml`` router: one request with frames, text or both, through ``tritonclient``.
+
+``TritonClient("127.0.0.1:8000")`` speaks HTTP (``grpc://host:8001`` speaks gRPC). It is safe to share
+between threads: each thread gets its own connection (tritonclient's HTTP client is not thread safe).
+A client error from the server (HTTP 400 / gRPC INVALID_ARGUMENT) raises ``RequestError``; any other
+failure raises ``ServingError``.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from trml_edge.errors import MissingDependencyError, MissingModalityError, RequestError, ServingError
+
+ROUTER = "trml"
+
+
+@dataclass
+class ClientResult:
+    output: np.ndarray  # () regression score or (C,) class logits
+    virtual_modality: str  # "", "visual" or "text"
+
+
+def _lib(protocol: str):
+    try:
+        if protocol == "grpc":
+            import tritonclient.grpc as lib
+        else:
+            import tritonclient.http as lib
+        from tritonclient.utils import InferenceServerException, np_to_triton_dtype  # noqa: F401
+    except ImportError as e:
+        raise MissingDependencyError(f"tritonclient[{protocol}] is not installed; install it with: "
+                                     "pip install 'trml-edge[serve]'") from e
+    return lib, InferenceServerException
+
+
+def parse_url(url: str) -> tuple[str, str]:
+    """'grpc://h:p' -> ('grpc', 'h:p'); 'http://h:p' or 'h:p' -> ('http', 'h:p')."""
+    for scheme in ("http", "grpc"):
+        if url.startswith(f"{scheme}://"):
+            return scheme, url[len(scheme) + 3 :].rstrip("/")
+    if "://" in url:
+        raise ServingError(f"unsupported URL {url!r}; use HOST:PORT (HTTP) or grpc://HOST:PORT")
+    return "http", url.rstrip("/")
+
+
+class TritonClient:
+    def __init__(self, url: str, model: str = ROUTER, timeout: float = 120.0):
+        self.protocol, self.address = parse_url(url)
+        self.model, self.timeout = model, timeout
+        self._local = threading.local()
+        self._all: list = []
+        self._lock = threading.Lock()
+
+    def _client(self):
+        c = getattr(self._local, "client", None)
+        if c is None:
+            lib, _ = _lib(self.protocol)
+            if self.protocol == "grpc":
+                c = lib.InferenceServerClient(self.address)
+            else:
+                c = lib.InferenceServerClient(self.address, connection_timeout=self.timeout,
+                                              network_timeout=self.timeout)
+            self._local.client = c
+            with self._lock:
+                self._all.append(c)
+        return c
+
+    def inputs(self, frames: np.ndarray | None, text: str | None) -> list:
+        """The request's input tensors, each with the router's batch axis of 1."""
+        lib, _ = _lib(self.protocol)
+        from tritonclient.utils import np_to_triton_dtype
+
+        ins = []
+        if text is not None:
+            t = lib.InferInput("TEXT", [1, 1], "BYTES")
+            t.set_data_from_numpy(np.array([[text.encode("utf-8")]], dtype=object))
+            ins.append(t)
+        if frames is not None:
+            frames = np.ascontiguousarray(frames)
+            f = lib.InferInput("FRAMES", [1, *frames.shape], np_to_triton_dtype(frames.dtype))
+            f.set_data_from_numpy(frames[None])
+            ins.append(f)
+        return ins
+
+    def infer(self, frames: np.ndarray | None = None, text: str | None = None) -> ClientResult:
+        """frames: uint8 [n, H, W, 3] or None; text: a string or None. At least one is needed."""
+        if frames is None and text is None:
+            raise MissingModalityError("give --text, --video/--frames, or both: a request needs at least one "
+                                       "modality (the server answers FRAMES/TEXT-less requests with an error)")
+        lib, exc = _lib(self.protocol)
+        outputs = [lib.InferRequestedOutput("OUTPUT"), lib.InferRequestedOutput("VIRTUAL_MODALITY")]
+        try:
+            res = self._client().infer(self.model, self.inputs(frames, text), outputs=outputs)
+        except exc as e:
+            raise error_from(e) from None
+        virtual = res.as_numpy("VIRTUAL_MODALITY").reshape(-1)[0]
+        out = res.as_numpy("OUTPUT")[0]  # (C,)
+        return ClientResult(out[0] if out.shape == (1,) else out,
+                            virtual.decode("utf-8") if isinstance(virtual, bytes) else str(virtual))
+
+    def close(self) -> None:
+        with self._lock:
+            for c in self._all:
+                c.close()
+            self._all.clear()
+
+
+def error_from(e) -> Exception:
+    """tritonclient's exception -> RequestError (the client's fault) or ServingError (the server's)."""
+    status = str(e.status() or "")
+    msg = e.message() if hasattr(e, "message") else str(e)
+    if status in ("400", "StatusCode.INVALID_ARGUMENT"):
+        err = RequestError(f"the server refused the request: {msg}")
+    else:
+        err = ServingError(f"the server failed (status {status or 'unknown'}): {msg}")
+    err.status = status
+    return err

@@ -1,0 +1,290 @@
+"""``trml-edge triton build``: a Triton model repository generated from an export bundle.
+
+::
+
+    REPO/
+      trml/config.pbtxt              the BLS router: TEXT, FRAMES optional -> OUTPUT, VIRTUAL_MODALITY
+      trml/1/model.py                triton_models/trml/model.py
+      trml/1/trml_core/*.py          byte-identical copies of the package's torch-free leaf modules
+      trml/1/router.json             graph models, preprocessing, tokenizer, the bundle's identity
+      trml/1/bundle_manifest.json    the bundle's manifest, so a served model traces back to its export
+      trml/1/assets/...              the tokenizer vocabulary
+      <graph>/config.pbtxt           one model per graph: onnxruntime | tensorrt_plan | python (ORT inside)
+      <graph>/1/model.onnx           (model.plan for tensorrt; model.py + model.onnx for python)
+
+Every ``config.pbtxt`` is built as Triton's own ``ModelConfig`` protobuf from the I/O declaration in
+``trml_edge.graphs`` and the bundle's manifest (dims, TensorRT profiles); no name, dtype or dim is typed
+here a second time. The repository is assembled in a hidden directory beside ``out`` and renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trml_edge
+from trml_edge.errors import ConfigError, MissingDependencyError, ServingError
+from trml_edge.graphs import GRAPH_NAMES, GRAPHS, PROFILES, GraphSpec
+from trml_edge.routing import RequestLimits
+
+BACKENDS = ("onnxruntime", "tensorrt", "python")
+ROUTER = "trml"
+CORE_PACKAGE = "trml_core"
+# The package's leaf modules the router needs: numpy + standard library + each other (relative imports) only.
+CORE_MODULES = ("errors", "graphs", "preprocess", "routing", "tokenizer")
+ROUTER_FILE = "router.json"
+TRITON_DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64", "int32": "TYPE_INT32",
+                 "bool": "TYPE_BOOL", "uint8": "TYPE_UINT8"}
+
+
+def templates_dir() -> Path:
+    """The top-level ``triton_models/`` folder of the source tree (an editable or source install)."""
+    root = Path(trml_edge.__file__).resolve().parents[1] / "triton_models"
+    if not (root / ROUTER / "model.py").is_file():
+        raise ServingError(f"the Triton templates are not at {root}; install trml-edge from its source tree "
+                           "(pip install -e .) so that triton_models/ is beside the package")
+    return root
+
+
+def core_sources() -> dict[str, Path]:
+    """Module name -> the package file that the router's ``trml_core/`` copy must equal byte for byte."""
+    pkg = Path(trml_edge.__file__).resolve().parent
+    return {m: pkg / f"{m}.py" for m in CORE_MODULES}
+
+
+@dataclass
+class ModelSettings:
+    """Scheduling of one model: Triton's dynamic batcher and instance group."""
+
+    instances: int = 1  # model instances (each Python-backend instance is its own process)
+    kind: str = "auto"  # cpu | gpu | auto (gpu for tensorrt, cpu otherwise)
+    max_queue_delay_us: int = 500  # how long the dynamic batcher waits to fill a batch
+    max_batch_size: int | None = None  # None: the bundle's TensorRT profile max of the batch axis
+
+    def validate(self, where: str) -> None:
+        if self.instances < 1:
+            raise ConfigError(f"{where}: instances must be >= 1, got {self.instances}")
+        if self.kind not in ("cpu", "gpu", "auto"):
+            raise ConfigError(f"{where}: kind must be cpu, gpu or auto, got {self.kind!r}")
+        if self.max_queue_delay_us < 0:
+            raise ConfigError(f"{where}: max_queue_delay_us must be >= 0")
+        if self.max_batch_size is not None and self.max_batch_size < 0:
+            raise ConfigError(f"{where}: max_batch_size must be >= 0")
+
+
+@dataclass
+class RepoConfig:
+    bundle: str  # export bundle directory
+    out: str  # repository directory to create
+    backend: str = "python"  # onnxruntime | tensorrt | python: how the per-graph models run
+    graphs: ModelSettings = field(default_factory=ModelSettings)  # every per-graph model
+    router: ModelSettings = field(default_factory=lambda: ModelSettings(max_batch_size=8))
+    limits: RequestLimits = field(default_factory=RequestLimits)  # what one request may carry
+    concurrent_branches: bool = True  # complete requests: text and visual BLS calls issued concurrently
+    intra_op_threads: int = 0  # python backend: ORT threads per graph model (0 = ORT's default)
+    force: bool = False  # replace an existing repository
+
+    def validate(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
+        self.graphs.validate("graph models")
+        self.router.validate("router")
+        if self.router.kind == "gpu":
+            raise ConfigError("the router runs on the Python backend; give it kind cpu (its graphs may use the GPU)")
+        lim = self.limits
+        if min(lim.max_frames, lim.max_frame_side, lim.max_text_bytes) < 1:
+            raise ConfigError(f"request limits must be positive, got {lim}")
+
+
+def _pb():
+    try:
+        from google.protobuf import text_format
+        from tritonclient.grpc import model_config_pb2
+    except ImportError as e:
+        raise MissingDependencyError("building a Triton repository needs tritonclient's protobuf model config; "
+                                     "install it with: pip install 'trml-edge[serve]'") from e
+    return model_config_pb2, text_format
+
+
+def _batch_axis(spec: GraphSpec) -> str:
+    """The dynamic axis every input and output of a graph starts with: Triton's batch dimension."""
+    axes = {t.shape[0] for t in spec.inputs + spec.outputs}
+    if len(axes) != 1 or next(iter(axes)) not in PROFILES:
+        raise ServingError(f"graph {spec.name} has no common leading dynamic axis ({axes}); it cannot be batched")
+    return next(iter(axes))
+
+
+def _dims(shape: tuple, dims: dict[str, int]) -> list[int]:
+    """A spec shape without its batch axis: model dimensions as numbers, dynamic axes as -1."""
+    return [-1 if isinstance(d, str) and d in PROFILES else int(dims[d] if isinstance(d, str) else d)
+            for d in shape[1:]]
+
+
+def _profile_max(entry: dict[str, Any], spec: GraphSpec) -> int:
+    """Max size of the batch axis from the profile recorded in the bundle (TensorRT engines are built to it)."""
+    first = spec.inputs[0].name
+    return int(entry["profile"][first][2][0])
+
+
+def graph_config(spec: GraphSpec, entry: dict[str, Any], dims: dict[str, int], cfg: RepoConfig):
+    """Triton's ModelConfig for one graph, from the I/O declaration and the bundle's manifest entry."""
+    mc, _ = _pb()
+    s = cfg.graphs
+    c = mc.ModelConfig(name=spec.name)
+    if cfg.backend == "tensorrt":
+        c.platform, c.backend, c.default_model_filename = "tensorrt_plan", "tensorrt", "model.plan"
+    elif cfg.backend == "onnxruntime":
+        c.platform, c.backend, c.default_model_filename = "onnxruntime_onnx", "onnxruntime", "model.onnx"
+    else:
+        c.backend = "python"
+        c.parameters["intra_op_threads"].string_value = str(cfg.intra_op_threads)
+        c.parameters["graph_optimization_level"].string_value = "extended"  # as the edge runtime (runtime.bundle)
+    _batch_axis(spec)
+    c.max_batch_size = s.max_batch_size if s.max_batch_size is not None else _profile_max(entry, spec)
+    for specs, add in ((spec.inputs, c.input.add), (spec.outputs, c.output.add)):
+        for t in specs:
+            io = add()
+            io.name, io.data_type = t.name, getattr(mc, TRITON_DTYPES[t.dtype])
+            io.dims.extend(_dims(t.shape, dims))
+    if c.max_batch_size > 0:
+        c.dynamic_batching.max_queue_delay_microseconds = s.max_queue_delay_us
+    kind = s.kind if s.kind != "auto" else ("gpu" if cfg.backend == "tensorrt" else "cpu")
+    group = c.instance_group.add()
+    group.count = s.instances
+    group.kind = mc.ModelInstanceGroup.KIND_GPU if kind == "gpu" else mc.ModelInstanceGroup.KIND_CPU
+    c.parameters["bundle_sha256"].string_value = entry["sha256"]  # the ONNX graph this model was built from
+    return c
+
+
+def router_config(dims: dict[str, int], cfg: RepoConfig, manifest_sha: str):
+    """Triton's ModelConfig for the ``trml`` BLS router."""
+    mc, _ = _pb()
+    s = cfg.router
+    c = mc.ModelConfig(name=ROUTER, backend="python", max_batch_size=s.max_batch_size or 0)
+    text = c.input.add()
+    text.name, text.data_type, text.optional = "TEXT", mc.TYPE_STRING, True
+    text.dims.append(1)
+    frames = c.input.add()
+    frames.name, frames.data_type, frames.optional = "FRAMES", mc.TYPE_UINT8, True
+    frames.dims.extend([-1, -1, -1, 3])
+    out = c.output.add()
+    out.name, out.data_type = "OUTPUT", mc.TYPE_FP32
+    out.dims.append(dims["classes"])
+    virtual = c.output.add()
+    virtual.name, virtual.data_type = "VIRTUAL_MODALITY", mc.TYPE_STRING
+    virtual.dims.append(1)
+    if c.max_batch_size > 0:
+        # requests carry clips of different lengths and sizes: batch them anyway, the router pads
+        text.allow_ragged_batch = frames.allow_ragged_batch = True
+        c.dynamic_batching.max_queue_delay_microseconds = s.max_queue_delay_us
+    group = c.instance_group.add()
+    group.count, group.kind = s.instances, mc.ModelInstanceGroup.KIND_CPU
+    params = {"max_frames_per_request": cfg.limits.max_frames, "max_frame_side": cfg.limits.max_frame_side,
+              "max_text_bytes": cfg.limits.max_text_bytes,
+              "concurrent_branches": str(cfg.concurrent_branches).lower(), "bundle_manifest_sha256": manifest_sha}
+    for k, v in params.items():
+        c.parameters[k].string_value = str(v)
+    return c
+
+
+def write_config(config, path: Path) -> None:
+    _, text_format = _pb()
+    path.write_text(text_format.MessageToString(config), encoding="utf-8")
+
+
+def _model_file(bundle, graph: str, backend: str) -> tuple[Path, str]:
+    """(source file, name in the version folder) of one graph for the chosen backend."""
+    if backend != "tensorrt":
+        return bundle.path(graph), "model.onnx"
+    engines = bundle.manifest.get("engines") or {}
+    if graph not in engines:
+        have = ", ".join(sorted(engines)) or "none"
+        raise ServingError(f"bundle {bundle.root} has no TensorRT engine for {graph} (engines: {have}); build them "
+                           f"on the target GPU with `trml-edge build-engines {bundle.root}`, then run triton build "
+                           "there, or use --backend onnxruntime or python")
+    return bundle.root / engines[graph]["file"], "model.plan"
+
+
+def build_repository(cfg: RepoConfig) -> Path:
+    """Generate the repository ``cfg.out`` from the (hash-checked) bundle ``cfg.bundle``."""
+    from trml_edge.runtime.bundle import MANIFEST, load_bundle, sha256_file
+
+    cfg.validate()
+    out = Path(cfg.out)
+    if out.exists() and not cfg.force:
+        raise ServingError(f"{out} already exists; choose another --out or pass --force to replace it")
+    bundle = load_bundle(cfg.bundle)  # every sha256 checked before anything is copied
+    templates = templates_dir()
+    manifest = bundle.manifest
+    dims = manifest["model"]["dims"]
+    missing = set(GRAPH_NAMES) - set(bundle.graphs)
+    if missing:
+        raise ServingError(f"bundle {bundle.root} lacks graphs {sorted(missing)}; re-export it")
+    manifest_sha = sha256_file(bundle.root / MANIFEST)
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        graph_max = {}
+        for name in GRAPH_NAMES:
+            spec, entry = GRAPHS[name], bundle.graphs[name]
+            src, filename = _model_file(bundle, name, cfg.backend)
+            version = tmp / name / "1"
+            version.mkdir(parents=True)
+            shutil.copyfile(src, version / filename)
+            if cfg.backend == "python":
+                shutil.copyfile(templates / "graph_python" / "model.py", version / "model.py")
+            config = graph_config(spec, entry, dims, cfg)
+            graph_max[name] = config.max_batch_size
+            write_config(config, tmp / name / "config.pbtxt")
+
+        version = tmp / ROUTER / "1"
+        (version / CORE_PACKAGE).mkdir(parents=True)
+        shutil.copyfile(templates / ROUTER / "model.py", version / "model.py")
+        copies = {}
+        for module, src in core_sources().items():
+            shutil.copyfile(src, version / CORE_PACKAGE / src.name)
+            copies[module] = sha256_file(src)
+        (version / CORE_PACKAGE / "__init__.py").write_text(
+            '"""Byte-identical copies of trml_edge\'s torch-free leaf modules, made by `trml-edge triton build`.\n\n'
+            'Do not edit: regenerate the repository instead (router.json lists each file\'s sha256)."""\n',
+            encoding="utf-8")
+        tok = manifest["tokenizer"]
+        (version / Path(tok["file"]).parent).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(bundle.root / tok["file"], version / tok["file"])
+        shutil.copyfile(bundle.root / MANIFEST, version / "bundle_manifest.json")
+        router = {
+            "format": "trml-edge-triton-router", "format_version": 1,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "trml_edge": trml_edge.__version__, "backend": cfg.backend,
+            "bundle": {"path": str(bundle.root.resolve()), "manifest_sha256": manifest_sha,
+                       "recipe": manifest.get("recipe"), "created": manifest.get("created"),
+                       "precision": {g: e["precision"] for g, e in bundle.graphs.items()}},
+            "task": manifest["model"]["task"], "dims": dims, "preprocess": manifest["preprocess"],
+            "tokenizer": {"file": tok["file"], "sha256": tok["sha256"], "context_length": tok["context_length"]},
+            "graph_models": {g: g for g in GRAPH_NAMES}, "graph_max_batch": graph_max,
+            "limits": asdict(cfg.limits), "core_modules": copies,
+        }
+        (version / ROUTER_FILE).write_text(json.dumps(router, indent=2) + "\n", encoding="utf-8")
+        write_config(router_config(dims, cfg, manifest_sha), tmp / ROUTER / "config.pbtxt")
+        _publish(tmp, out, cfg.force)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _publish(tmp: Path, out: Path, force: bool) -> None:
+    if out.exists():
+        if not force:
+            raise ServingError(f"{out} appeared while the repository was built; choose another --out")
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(out)

@@ -1,0 +1,145 @@
+"""`trml-edge triton build`, `serve` and `client`: thin wrappers over trml_edge.serving."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from trml_edge.cli import app
+
+triton_app = typer.Typer(no_args_is_help=True, help="Triton Inference Server model repositories.")
+app.add_typer(triton_app, name="triton")
+
+
+@triton_app.command("build")
+def build(
+    bundle: Path = typer.Argument(..., help="export bundle (from `trml-edge export`)"),
+    out: Path = typer.Option(..., "--out", help="model repository directory to create"),
+    backend: str = typer.Option("python", help="per-graph models: onnxruntime | tensorrt (needs build-engines) | "
+                                               "python (ORT inside the Python backend, for CPU-only Triton)"),
+    instances: int = typer.Option(1, help="instances of each per-graph model"),
+    kind: str = typer.Option("auto", help="per-graph instance kind: cpu | gpu | auto (gpu for tensorrt)"),
+    max_queue_delay_us: int = typer.Option(500, help="dynamic batcher delay of the per-graph models (us)"),
+    max_batch: Optional[int] = typer.Option(None, help="per-graph max_batch_size [default: the bundle's TensorRT "
+                                                        "profile max of the batch axis]"),
+    router_instances: int = typer.Option(1, help="instances of the trml router"),
+    router_max_batch: int = typer.Option(8, help="requests the router takes at once (0: one at a time, without "
+                                                 "a batch axis in the request)"),
+    router_queue_delay_us: int = typer.Option(500, help="dynamic batcher delay of the router (us)"),
+    max_frames: int = typer.Option(512, help="frames per request; more are refused (the model sub-samples)"),
+    max_frame_side: int = typer.Option(4096, help="largest frame height or width in pixels; larger is refused"),
+    max_text_bytes: int = typer.Option(16384, help="largest TEXT in utf-8 bytes; longer is refused"),
+    sequential_branches: bool = typer.Option(False, "--sequential-branches",
+                                             help="run the text and visual branches one after the other "
+                                                  "(default: concurrently, async BLS)"),
+    threads: int = typer.Option(0, help="python backend: ORT intra-op threads per graph model (0: ORT default)"),
+    force: bool = typer.Option(False, "--force", help="replace an existing repository"),
+) -> None:
+    """Generate a Triton model repository from BUNDLE: one model per graph plus the `trml` BLS router."""
+    from trml_edge.routing import RequestLimits
+    from trml_edge.serving.repository import ModelSettings, RepoConfig, build_repository
+
+    cfg = RepoConfig(
+        bundle=str(bundle), out=str(out), backend=backend,
+        graphs=ModelSettings(instances=instances, kind=kind, max_queue_delay_us=max_queue_delay_us,
+                             max_batch_size=max_batch),
+        router=ModelSettings(instances=router_instances, kind="cpu", max_queue_delay_us=router_queue_delay_us,
+                             max_batch_size=router_max_batch),
+        limits=RequestLimits(max_frames=max_frames, max_frame_side=max_frame_side, max_text_bytes=max_text_bytes),
+        concurrent_branches=not sequential_branches, intra_op_threads=threads, force=force)
+    repo = build_repository(cfg)
+    typer.echo(f"wrote {repo} ({backend} graphs + trml router); serve it with: trml-edge serve {repo}")
+
+
+@app.command()
+def serve(
+    repo: Path = typer.Argument(..., help="model repository (from `trml-edge triton build`)"),
+    http_port: int = typer.Option(8000, help="HTTP port (0: a free one)"),
+    grpc_port: int = typer.Option(8001, help="gRPC port (0: a free one)"),
+    metrics_port: int = typer.Option(8002, help="metrics port (0: a free one)"),
+    host: str = typer.Option("127.0.0.1", help="address to listen on (0.0.0.0 for every interface)"),
+    tritonserver: Optional[Path] = typer.Option(None, help="tritonserver binary [default: the one bundled by "
+                                                           "nvidia-pytriton]; JetPack: /opt/tritonserver/bin/"
+                                                           "tritonserver"),
+    backend_directory: Optional[Path] = typer.Option(None, help="Triton backends [default: beside the binary]"),
+    log_file: Optional[Path] = typer.Option(None, help="server log [default: a temporary file, printed]"),
+) -> None:
+    """Start a real tritonserver on REPO, wait until it is ready, and serve until Ctrl-C or SIGTERM."""
+    from trml_edge.serving.server import TritonServer
+
+    srv = TritonServer(repo, http_port or None, grpc_port or None, metrics_port or None, tritonserver,
+                       backend_directory, host, log_file)
+    stop = {"signal": None}
+
+    def on_signal(signum, _frame):
+        stop["signal"] = signum
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        srv.start()
+        typer.echo(f"tritonserver ready: HTTP http://{srv.host}:{srv.http_port}  gRPC {srv.host}:{srv.grpc_port}  "
+                   f"metrics http://{srv.host}:{srv.metrics_port}/metrics  (log {srv.log_file})")
+        for m in srv.models():
+            typer.echo(f"  {m['name']} v{m.get('version', '?')}: {m.get('state', '?')}")
+        typer.echo("Ctrl-C or SIGTERM stops it")
+        while stop["signal"] is None and srv.alive():
+            time.sleep(0.2)
+        if stop["signal"] is None:
+            from trml_edge.errors import ServingError
+
+            raise ServingError(f"tritonserver stopped by itself: {srv.failure()} (log {srv.log_file})")
+    finally:
+        srv.stop()
+        for s, h in old.items():
+            signal.signal(s, h)
+    typer.echo("tritonserver stopped")
+
+
+def _read_frames(video: Optional[Path], frames_dir: Optional[Path]):
+    import numpy as np
+
+    from trml_edge.errors import DataError
+
+    if video is not None and frames_dir is not None:
+        raise DataError("give --video or --frames, not both")
+    if video is not None:
+        from trml_edge.data.video import read_frames
+
+        frames, mask = read_frames(video, 32)  # spread over the clip; the router keeps the model's max_frames
+        return frames[mask]
+    if frames_dir is not None:
+        from PIL import Image
+
+        files = sorted(p for p in Path(frames_dir).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+        if not files:
+            raise DataError(f"{frames_dir} holds no .png or .jpg frames; give a folder of images or --video FILE.mp4")
+        return np.stack([np.asarray(Image.open(p).convert("RGB")) for p in files])
+    return None
+
+
+@app.command()
+def client(
+    url: str = typer.Argument("127.0.0.1:8000", help="server: HOST:PORT (HTTP) or grpc://HOST:PORT"),
+    text: Optional[str] = typer.Option(None, help="the utterance"),
+    video: Optional[Path] = typer.Option(None, help="an mp4 clip (frames decoded with PyAV)"),
+    frames: Optional[Path] = typer.Option(None, "--frames", help="a folder of .png/.jpg frames, in name order"),
+    model: str = typer.Option("trml", help="router model name"),
+) -> None:
+    """Send one request with text, frames, or both; print the prediction and which modality was generated."""
+    import json
+
+    from trml_edge.serving.client import TritonClient
+
+    arr = _read_frames(video, frames)
+    c = TritonClient(url, model)
+    try:
+        res = c.infer(arr, text)
+    finally:
+        c.close()
+    out = res.output.tolist()
+    typer.echo(json.dumps({"output": out, "virtual_modality": res.virtual_modality,
+                           "frames_sent": None if arr is None else list(arr.shape)}))

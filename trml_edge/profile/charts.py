@@ -59,7 +59,8 @@ def pareto(rep: dict[str, Any], path: Path) -> Path:
                for s, c in SCENARIO_COLORS.items()]
     handles += [Line2D([], [], color="gray", marker=MARKERS[i % len(MARKERS)], linestyle="", label=b,
                        markeredgecolor="black") for i, b in enumerate(bundles)]
-    ax.set_xlabel(f"end-to-end latency, p50 (ms per call, batch {batch}, CPU)")
+    ax.set_xscale("log")
+    ax.set_xlabel(f"end-to-end latency, p50 (ms per call, batch {batch}, CPU; log scale)")
     if score:
         ax.set_ylabel(f"{metric} on the test split (higher is better)")
         ax.set_title("Latency vs accuracy per bundle and scenario (dashed: Pareto front)")
@@ -81,7 +82,7 @@ def breakdown(rep: dict[str, Any], path: Path) -> Path:
     plt = _plt()
     batch = rep["settings"]["batches"][0]
     rows = [r for r in rep["latency"] if r["status"] == "OK" and r.get("batch") == batch
-            and r["backend"] in ("ort-cpu", "pytorch-eager")]
+            and r["backend"] == "ort-cpu"]
     labels = [f"{r['bundle']} | {r['scenario'].replace('_', ' ')}" for r in rows]
     fig, ax = plt.subplots(figsize=(8, 0.42 * len(rows) + 1.6), dpi=110)
     cmap = plt.get_cmap("tab10")
@@ -96,7 +97,7 @@ def breakdown(rep: dict[str, Any], path: Path) -> Path:
     ax.set_yticks(range(len(rows)), labels, fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel(f"mean time per call (ms, batch {batch})")
-    ax.set_title("Where the time goes, per graph")
+    ax.set_title("Where the time goes, per graph (ONNX Runtime, CPU)")
     ax.grid(axis="x", alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     fig.tight_layout()

@@ -136,8 +136,11 @@ def markdown(rep: dict[str, Any]) -> str:
         out += [f"- {r['backend']} ({r['bundle']}): {r['status']}, {r['reason']}" for r in skipped]
     tol = rep["settings"]["breakdown_tolerance"]
     out.append(f"\n## Where the time goes (ONNX Runtime CPU, batch {rep['settings']['batches'][0]}; mean ms)\n")
-    out.append(f"The measured parts add up to the end-to-end mean within {tol['relative']:.0%} or "
-               f"{tol['absolute_ms']} ms (whichever is larger); `other` is the numpy glue between them. "
+    out.append(f"The measured parts add up to each run's end-to-end time within {tol['relative']:.0%} of the "
+               f"p50 or {tol['absolute_ms']} ms, whichever is larger (checked on the median run: "
+               f"{sum(r.get('latency', {}).get('breakdown_within_tolerance', False) for r in rep['latency'])} of "
+               f"{sum('breakdown_within_tolerance' in r.get('latency', {}) for r in rep['latency'])} "
+               "configurations pass); `other` is the numpy glue between them. "
                "GFLOP/s per graph and its share of the matmul peak in brackets.\n")
     rows = [r for r in rep["latency"] if r["status"] == "OK" and r["backend"] == "ort-cpu"
             and r.get("batch") == rep["settings"]["batches"][0]]

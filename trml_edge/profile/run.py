@@ -114,6 +114,12 @@ def profile(cfg: ProfileConfig) -> dict[str, Any]:
     from trml_edge.profile.flops import graph_flops, matmul_peak
 
     cfg.validate()
+    import sys
+
+    # PyTorch's OpenMP threads busy-wait by default; between interleaved ORT runs on a shared machine that
+    # made eager 10-100x slower than it is. Passive waiting only works if set before torch is first imported.
+    omp = os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE") if "torch" not in sys.modules else \
+        os.environ.get("OMP_WAIT_POLICY", "unset (torch was imported before profile)")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     bundles = _labels([load_bundle(p) for p in cfg.bundles])
@@ -128,6 +134,7 @@ def profile(cfg: ProfileConfig) -> dict[str, Any]:
                      "min_time_s": cfg.min_time, "threads": threads,
                      "breakdown_tolerance": {"relative": timing.BREAKDOWN_REL_TOL,
                                              "absolute_ms": timing.BREAKDOWN_ABS_TOL_MS},
+                     "omp_wait_policy": omp,
                      "ort_session": "ORT_ENABLE_EXTENDED, allow_spinning=0 (as the runtime, without busy-waiting)"},
         "environment": env,
         "bundles": {k: {"path": str(b.root), "precision": _precisions(b), "run": b.manifest["model"].get("run"),

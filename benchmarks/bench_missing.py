@@ -1,11 +1,26 @@
-"""The paper's claim, measured: TRML against zero-fill, mean-fill, modality dropout and the upper bound.
+"""The paper's claim, measured: TRML against zero-fill, mean-fill, modality dropout, the upper bound and the
+Bayes limit, under two missing-modality protocols, with a diagnosis of where the accuracy goes.
 
-One synthetic benchmark and one pretrained tiny CLIP (the foundation model) are shared; for every labelled
-set size and seed, the three trainings of ``trml_edge.eval.experiment`` run and every method is scored at
-every test missing rate on the same test masks. Reports mean +- std over seeds, and the fraction of the
-zero-fill -> upper-bound MAE gap that TRML closes. Writes JSON and prints a Markdown table.
+One synthetic benchmark and one pretrained tiny CLIP (the foundation model) are shared. For every labelled
+set size and seed:
 
-    .venv/bin/python benchmarks/bench_missing.py --out bench_out/missing
+* protocol ``either`` (this repository's): training with 50 % of the samples missing one modality (either,
+  redrawn every epoch), testing with a fraction ``rate`` of the test samples missing one modality;
+* protocol ``visual r`` (the victim-modality protocol of MM-Align, EMNLP 2022): only a fraction ``r`` (the
+  complete ratio) of the labelled clips keep their video, the rest miss it for the whole training (fixed
+  masks); testing with the video missing in every test sample (rate 1.0) and at the training rate (1 - r).
+  The zero-fill, mean-fill and upper-bound rows come from the complete-data model (all videos seen), so
+  they are not available under that protocol's premise; modality dropout is the like-for-like baseline.
+
+Every method is scored on the same test masks. The Bayes limits (``trml_edge.eval.bayes``) are added as
+rows: ``Bayes limit`` from what the generator renders (a lower bound for any predictor of these clips),
+``Bayes limit (latent)`` from the latents themselves. Reports mean +- std over seeds and the share of the
+zero-fill -> upper-bound MAE gap that TRML closes; writes JSON and a Markdown file.
+
+    .venv/bin/python benchmarks/bench_missing.py --out bench_out/missing          # the full grid
+    .venv/bin/python benchmarks/bench_missing.py --eval-split valid ...          # choosing settings
+
+The training split has 696 clips, so size 696 is the full training split.
 """
 
 from __future__ import annotations
@@ -18,85 +33,220 @@ from pathlib import Path
 
 import numpy as np
 
+from trml_edge.config import MissingConfig
 from trml_edge.data.synth import SynthSpec, generate
+from trml_edge.eval.bayes import bayes_limits, latent_r2, mixture_limit
 from trml_edge.eval.experiment import ExperimentConfig, prepare_experiment, run_experiment
+from trml_edge.train.loop import TrainConfig
 from trml_edge.train.pretrain import PretrainConfig, pretrain
 
-METHODS = ["TRML", "zero-fill", "mean-fill", "modality dropout", "upper bound"]
+METHODS = ["TRML", "zero-fill", "mean-fill", "modality dropout", "upper bound", "Bayes limit",
+           "Bayes limit (latent)"]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("bench_out/missing"))
-    ap.add_argument("--sizes", type=int, nargs="+", default=[150, 696], help="labelled training clips")
+    ap.add_argument("--data", type=Path, default=None, help="dataset (default OUT/data, generated if absent)")
+    ap.add_argument("--clip", type=Path, default=None, help="pretrained CLIP dir (default OUT/clip, pretrained if absent)")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[150, 400, 696], help="labelled training clips")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--rates", type=float, nargs="+", default=[0.1, 0.3, 0.5, 0.7])
+    ap.add_argument("--protocols", nargs="+", default=["either", "victim"], choices=["either", "victim"])
+    ap.add_argument("--ratios", type=float, nargs="+", default=[0.1, 0.5], help="victim protocol: complete ratios")
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--pretrain-epochs", type=int, default=24)
+    ap.add_argument("--eval-split", default="test", choices=["test", "valid"])
+    ap.add_argument("--gen-warmup-epochs", type=int, default=TrainConfig.gen_warmup_epochs)
+    ap.add_argument("--pair-data", default=TrainConfig.pair_data, choices=["labelled", "train_split"])
+    ap.add_argument("--alpha", type=float, default=ExperimentConfig.alpha)
+    ap.add_argument("--tau", type=float, default=ExperimentConfig.tau)
+    ap.add_argument("--baselines-from", type=Path, default=None,
+                    help="reuse the complete and dropout runs of an earlier --out (when only TRML's settings change)")
+    ap.add_argument("--bayes-n", type=int, default=20000, help="Monte Carlo samples per Bayes scenario")
+    ap.add_argument("--no-diagnose", action="store_true")
     args = ap.parse_args()
 
     t0 = time.perf_counter()
-    data, clip_dir = args.out / "data", args.out / "clip"
+    data = args.data or args.out / "data"
+    clip_dir = args.clip or args.out / "clip"
     if not (data / "synth.json").is_file():
         generate(data, SynthSpec(n=1200, pool=6000, seed=0))
     weights = clip_dir / "open_clip_model.safetensors"
     if not weights.is_file():
         pretrain(PretrainConfig(pool=str(data / "pretrain"), out=str(clip_dir), epochs=args.pretrain_epochs))
-    base = ExperimentConfig(data=str(data), out=str(args.out), clip_weights=str(weights))
-    arrays, inputs = prepare_experiment(base)
+    common = dict(data=str(data), clip_weights=str(weights), epochs=args.epochs, alpha=args.alpha, tau=args.tau,
+                  gen_warmup_epochs=args.gen_warmup_epochs, pair_data=args.pair_data, eval_split=args.eval_split)
+    arrays, inputs = prepare_experiment(ExperimentConfig(out=str(args.out), **common))
+    limits = bayes_limits(n=args.bayes_n)
+    ceilings = latent_r2(n=args.bayes_n)
+    print(f"Bayes limits ({time.perf_counter() - t0:.0f} s): " + json.dumps(
+        {lv: {s: round(v["mae"], 3) for s, v in d.items()} for lv, d in limits.items()}), flush=True)
 
-    raw = []
+    raw, diagnosis = [], []
     for size in args.sizes:
         for seed in args.seeds:
-            cfg = ExperimentConfig(data=str(data), out=str(args.out / f"n{size}_s{seed}"), clip_weights=str(weights),
-                                   epochs=args.epochs, seed=seed, max_train=size, test_rates=args.rates)
-            res = run_experiment(cfg, arrays=arrays, inputs=inputs, progress=False)
-            raw += [{"size": size, "seed": seed, **r} for r in res["rows"]]
+            root = args.out / f"n{size}_s{seed}"
+            base = args.baselines_from / f"n{size}_s{seed}" if args.baselines_from else None
+            for proto, ecfg in _protocols(args, size, seed, root, base, common):
+                res = run_experiment(ecfg, arrays=arrays, inputs=inputs, progress=False)
+                raw += [{"size": size, "seed": seed, "protocol": proto, **r} for r in res["rows"]]
+                if proto == "either" and not args.no_diagnose:
+                    diagnosis.append({"size": size, "seed": seed,
+                                      **_diagnose(data, arrays, inputs, Path(ecfg.out) / "trml", size, seed)})
             print(f"size {size} seed {seed} done ({time.perf_counter() - t0:.0f} s)", flush=True)
 
-    summary = summarize(raw)
-    out = {"sizes": args.sizes, "seeds": args.seeds, "rates": args.rates, "epochs": args.epochs,
-           "seconds": time.perf_counter() - t0, "summary": summary, "raw": raw}
+    summary = summarize(raw) + bayes_rows(raw, limits)
+    out = {"command": "benchmarks/bench_missing.py " + " ".join(_argv()), "sizes": args.sizes, "seeds": args.seeds,
+           "rates": args.rates, "protocols": args.protocols, "ratios": args.ratios, "epochs": args.epochs,
+           "eval_split": args.eval_split, "gen_warmup_epochs": args.gen_warmup_epochs, "pair_data": args.pair_data,
+           "alpha": args.alpha, "tau": args.tau, "seconds": time.perf_counter() - t0, "bayes": limits,
+           "bayes_r2": ceilings,
+           "summary": summary, "diagnosis": diagnosis, "diagnosis_summary": summarize_diagnosis(diagnosis),
+           "raw": raw}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench_missing.json").write_text(json.dumps(out, indent=2) + "\n")
-    print(markdown(summary))
+    md = markdown(summary) + "\n\n" + diagnosis_markdown(out["diagnosis_summary"], limits, ceilings)
+    (args.out / "bench_missing.md").write_text(md + "\n")
+    print(md)
+    print(f"total {time.perf_counter() - t0:.0f} s")
+
+
+def _argv() -> list[str]:
+    import sys
+
+    return sys.argv[1:]
+
+
+def _protocols(args, size, seed, root, base, common):
+    reuse = {} if base is None else {"complete": str(base / "either" / "complete")}
+    if "either" in args.protocols:
+        r = dict(reuse)
+        if base is not None:
+            r["dropout"] = str(base / "either" / "dropout")
+        yield "either", ExperimentConfig(out=str(root / "either"), seed=seed, max_train=size,
+                                         test_rates=args.rates, reuse=r, **common)
+    if "victim" in args.protocols:
+        for ratio in args.ratios:
+            name = f"victim{ratio:g}"
+            r = {"complete": reuse.get("complete", str(root / "either" / "complete"))}
+            if base is not None:
+                r["dropout"] = str(base / name / "dropout")
+            yield f"visual r={ratio:g}", ExperimentConfig(
+                out=str(root / name), seed=seed, max_train=size, fixed_missing=True,
+                train_missing=MissingConfig(rate=round(1 - ratio, 6), modality="visual"), test_modality="visual",
+                test_rates=sorted({1.0, round(1 - ratio, 6)}), reuse=r, **common)
+
+
+def _diagnose(data, arrays, inputs, trml_run, size, seed):
+    from trml_edge.eval.diagnose import embedding_probes, generator_quality
+    from trml_edge.model.checkpoint import load_run
+    from trml_edge.train.features import train_subset_index
+
+    idx = train_subset_index(len(arrays["train"]), size, seed)
+    return {"probes": embedding_probes(data, arrays, inputs, idx),
+            "generators": generator_quality(load_run(trml_run), data, arrays, inputs)}
 
 
 def summarize(raw: list[dict]) -> list[dict]:
     groups = defaultdict(list)
     for r in raw:
-        groups[r["size"], r["test_missing_rate"], r["method"]].append(r)
+        groups[r["protocol"], r["size"], r["test_missing_rate"], r["method"]].append(r)
     rows = []
-    for (size, rate, method), rs in sorted(groups.items()):
-        row = {"size": size, "rate": rate, "method": method}
+    for (proto, size, rate, method), rs in sorted(groups.items()):
+        row = {"protocol": proto, "size": size, "rate": rate, "method": method, "n_seeds": len(rs)}
         for k in ("mae", "has0_acc2", "has0_f1", "corr"):
-            v = np.array([r[k] for r in rs])
-            row[k] = [float(v.mean()), float(v.std())]
+            v = np.array([np.nan if r.get(k) is None else r[k] for r in rs], dtype=float)
+            row[k] = [float(np.nanmean(v)), float(np.nanstd(v))]
         if method == "TRML":  # share of the zero-fill -> upper-bound MAE gap closed, per seed
             closed = []
             for r in rs:
-                z = _find(raw, size, rate, "zero-fill", r["seed"])["mae"]
-                u = _find(raw, size, rate, "upper bound", r["seed"])["mae"]
+                z = _find(raw, proto, size, rate, "zero-fill", r["seed"])["mae"]
+                u = _find(raw, proto, size, rate, "upper bound", r["seed"])["mae"]
                 closed.append((z - r["mae"]) / (z - u) if abs(z - u) > 1e-9 else float("nan"))
-            row["gap_closed"] = [float(np.mean(closed)), float(np.std(closed))]
+            row["gap_closed"] = [float(np.nanmean(closed)), float(np.nanstd(closed))]
         rows.append(row)
     return rows
 
 
-def _find(raw, size, rate, method, seed):
-    return next(r for r in raw if (r["size"], r["test_missing_rate"], r["method"], r["seed"]) ==
-                (size, rate, method, seed))
+def bayes_rows(raw: list[dict], limits: dict) -> list[dict]:
+    """One Bayes-limit row per (protocol, size, rate), observed and latent."""
+    rows = []
+    for proto, size, rate in sorted({(r["protocol"], r["size"], r["test_missing_rate"]) for r in raw}):
+        modality = "either" if proto == "either" else "visual"
+        for method, level in (("Bayes limit", "observed"), ("Bayes limit (latent)", "latent")):
+            rows.append({"protocol": proto, "size": size, "rate": rate, "method": method,
+                         "mae": [mixture_limit(limits[level], rate, modality), 0.0]})
+    return rows
+
+
+def _find(raw, proto, size, rate, method, seed):
+    return next(r for r in raw if (r["protocol"], r["size"], r["test_missing_rate"], r["method"], r["seed"]) ==
+                (proto, size, rate, method, seed))
+
+
+def _pm(v, d=3):
+    return f"{v[0]:.{d}f} ± {v[1]:.{d}f}" if v is not None and not np.isnan(v[0]) else ""
 
 
 def markdown(summary: list[dict]) -> str:
-    lines = ["| labelled | test missing | method | MAE | Has0 Acc-2 | Corr | gap closed |",
-             "|---:|---:|---|---:|---:|---:|---:|"]
     order = {m: i for i, m in enumerate(METHODS)}
-    for r in sorted(summary, key=lambda r: (r["size"], r["rate"], order[r["method"]])):
-        gap = f"{r['gap_closed'][0]:.2f} ± {r['gap_closed'][1]:.2f}" if "gap_closed" in r else ""
-        lines.append(f"| {r['size']} | {r['rate']:.1f} | {r['method']} | {r['mae'][0]:.3f} ± {r['mae'][1]:.3f} | "
-                     f"{r['has0_acc2'][0]:.3f} ± {r['has0_acc2'][1]:.3f} | {r['corr'][0]:.3f} ± {r['corr'][1]:.3f} "
-                     f"| {gap} |")
+    out = []
+    for proto in sorted({r["protocol"] for r in summary}, key=lambda p: (p != "either", p)):
+        out += [f"### protocol: {proto}", "",
+                "| labelled | test missing | method | MAE | Has0 Acc-2 | Corr | gap closed |",
+                "|---:|---:|---|---:|---:|---:|---:|"]
+        rows = [r for r in summary if r["protocol"] == proto]
+        for r in sorted(rows, key=lambda r: (r["size"], r["rate"], order[r["method"]])):
+            out.append(f"| {r['size']} | {r['rate']:.1f} | {r['method']} | {_pm(r['mae'])} | "
+                       f"{_pm(r.get('has0_acc2'))} | {_pm(r.get('corr'))} | {_pm(r.get('gap_closed'), 2)} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def summarize_diagnosis(diagnosis: list[dict]) -> list[dict]:
+    out = []
+    for size in sorted({d["size"] for d in diagnosis}):
+        ds = [d for d in diagnosis if d["size"] == size]
+        row = {"size": size, "n_seeds": len(ds)}
+        for name in ds[0]["probes"]:
+            for k in ("r2", "mae", "corr"):
+                v = np.array([d["probes"][name][k] for d in ds])
+                row[f"probe {name} {k}"] = [float(v.mean()), float(v.std())]
+        for gen in ("v_hat", "t_hat"):
+            for k in ds[0]["generators"][gen]:
+                v = np.array([d["generators"][gen][k] for d in ds], dtype=float)
+                row[f"{gen} {k}"] = [float(v.mean()), float(v.std())]
+        out.append(row)
+    return out
+
+
+def diagnosis_markdown(rows: list[dict], limits: dict, ceilings: dict) -> str:
+    if not rows:
+        return ""
+    lines = ["### where the accuracy goes (test split; probes fitted on the same labelled clips)", "",
+             "| labelled | R² z_v ← visual emb | R² z_t ← text emb | R² z_v ← text emb | probe MAE y ← both | "
+             "probe MAE y ← text | probe MAE y ← visual |",
+             "|---:|---:|---:|---:|---:|---:|---:|",
+             f"| Bayes | {ceilings['z_v|visual']:.3f} | {ceilings['z_t|text']:.3f} | {ceilings['z_v|text']:.3f} | "
+             f"{limits['observed']['complete']['mae']:.3f} | {limits['observed']['visual_missing']['mae']:.3f} | "
+             f"{limits['observed']['text_missing']['mae']:.3f} |"]
+    for r in rows:
+        lines.append(f"| {r['size']} | {_pm(r['probe z_v|visual r2'])} | {_pm(r['probe z_t|text r2'])} | "
+                     f"{_pm(r['probe z_v|text r2'])} | {_pm(r['probe y|both mae'])} | {_pm(r['probe y|text mae'])} | "
+                     f"{_pm(r['probe y|visual mae'])} |")
+    lines += ["", f"Bayes limits (observed): complete {limits['observed']['complete']['mae']:.3f}, text only "
+              f"{limits['observed']['visual_missing']['mae']:.3f}, visual only "
+              f"{limits['observed']['text_missing']['mae']:.3f}.", "",
+              "| labelled | generator | cos to real | cos identity (t as v) | cos mean-fill | median rank / n | "
+              "R@1 | corr(probe on generated, latent) |",
+              "|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        for gen, name in (("v_hat", "text→visual"), ("t_hat", "visual→text")):
+            lines.append(f"| {r['size']} | {name} | {_pm(r[f'{gen} cos_to_real'])} | {_pm(r[f'{gen} cos_identity'])} | "
+                         f"{_pm(r[f'{gen} cos_mean_fill'])} | {r[f'{gen} median_rank'][0]:.0f} / "
+                         f"{r[f'{gen} n'][0]:.0f} | {_pm(r[f'{gen} r_at_1'])} | "
+                         f"{_pm(r[f'{gen} probe_corr_generated'])} |")
     return "\n".join(lines)
 
 

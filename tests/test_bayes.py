@@ -71,3 +71,14 @@ def test_normal_cdf_is_accurate():
     x = np.linspace(-6, 6, 101)
     ref = np.array([0.5 * (1 + math.erf(v / math.sqrt(2))) for v in x])
     assert np.abs(normal_cdf(x) - ref).max() < 1e-6
+
+
+def test_latent_r2_matches_gaussian_conditioning():
+    from trml_edge.eval.bayes import latent_r2
+
+    r = latent_r2(GAUSS, n=4000)
+    noise_v = GAUSS.jitter**2 / GAUSS.frames[0]
+    assert r["z_v|visual"] == pytest.approx(1 / (1 + noise_v), abs=0.01)
+    snr = GAUSS.text_scale**2 / (GAUSS.text_scale**2 + GAUSS.text_noise**2)
+    assert r["z_t|text"] == pytest.approx(snr, abs=0.01)
+    assert r["z_v|text"] == pytest.approx(GAUSS.rho**2 * snr, abs=0.02)

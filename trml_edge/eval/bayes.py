@@ -180,3 +180,23 @@ def mixture_limit(limits: dict[str, dict[str, float]], rate: float, modality: st
     c, vm, tm = (limits[s]["mae"] for s in SCENARIOS)
     missing = {"either": 0.5 * (vm + tm), "visual": vm, "text": tm}[modality]
     return (1.0 - rate) * c + rate * missing
+
+
+def latent_r2(p: Process | None = None, n: int = 20000, seed: int = 0) -> dict[str, float]:
+    """The best R^2 any probe can reach for ``z_v`` from the video and ``z_t`` from the text (and each
+    from the other modality): 1 - E[Var(z | obs)] / Var(z), by the exact posterior mean."""
+    p = p or Process()
+    obs = _sample(p, n, np.random.default_rng(seed))
+    grid = np.linspace(-6.0, 6.0, 481)
+    logw = -0.5 * grid[None, :] ** 2 + _text_loglik(p, obs["s"], grid)  # (n, G): z_t | phrase
+    w = np.exp(logw - logw.max(1, keepdims=True))
+    w /= w.sum(1, keepdims=True)
+    zt_hat = (w * grid[None, :]).sum(1)
+    shrink = 1.0 / (1.0 + obs["var_v"])  # z_v | mean expression: Gaussian, prior N(0, 1)
+    zv_hat = shrink * obs["m_v"]
+
+    def r2(pred, z):
+        return float(1.0 - ((pred - z) ** 2).mean() / z.var())
+
+    return {"z_v|visual": r2(zv_hat, obs["z_v"]), "z_t|text": r2(zt_hat, obs["z_t"]),
+            "z_v|text": r2(p.rho * zt_hat, obs["z_v"]), "z_t|visual": r2(p.rho * zv_hat, obs["z_t"])}

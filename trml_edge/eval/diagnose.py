@@ -1,0 +1,129 @@
+"""Where the accuracy goes: linear probes of the frozen embeddings, and the generators' quality.
+
+Stages, each measured on the test split:
+
+1. the foundation model: how much of ``z_v`` / ``z_t`` (``label_V`` / ``label_T`` in ``label.csv``, divided by
+   1.5) a ridge probe reads off the frozen visual (masked mean of the frame embeddings) / text embedding;
+2. the head: its MAE against a ridge probe of the label from the same embeddings and the same labelled clips;
+3. the generators: cosine of the generated embedding to the real one, the real one's retrieval rank among
+   the test split, and how much of the missing latent a probe reads off the generated embedding.
+
+Ridge penalties are chosen on the valid split.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from trml_edge.data.corpus import ClipArrays
+from trml_edge.model.trml import TRML
+from trml_edge.train.features import SplitTensors
+
+LAMBDAS = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
+
+
+def latents(data: str | Path, ids: list[str]) -> np.ndarray:
+    """(N, 2) array of (z_v, z_t) for clip ids, from ``label.csv``'s label_V / label_T (= clip(1.5 z, -3, 3))."""
+    table = {}
+    with open(Path(data) / "label.csv", newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            table[f"{row['video_id']}$_${row['clip_id']}"] = (float(row["label_V"]) / 1.5, float(row["label_T"]) / 1.5)
+    return np.array([table[i] for i in ids])
+
+
+def mean_visual(d: SplitTensors) -> np.ndarray:
+    """The masked mean of the frame embeddings, normalized (what the temporal encoder starts from)."""
+    m = d.frame_mask.float().unsqueeze(-1)
+    mean = (d.frame_emb * m).sum(1) / m.sum(1).clamp_min(1.0)
+    return F.normalize(mean, dim=-1).numpy()
+
+
+def _ridge(x: np.ndarray, y: np.ndarray, lam: float) -> tuple[np.ndarray, float]:
+    mu, ym = x.mean(0), y.mean()
+    xc = x - mu
+    w = np.linalg.solve(xc.T @ xc + lam * len(x) * np.eye(x.shape[1]), xc.T @ (y - ym))
+    return w, float(ym - mu @ w)
+
+
+def probe(xtr, ytr, xva, yva, xte, yte) -> dict[str, float]:
+    """Ridge probe: penalty chosen by valid MSE; test R^2, MAE and Pearson r."""
+    best = None
+    for lam in LAMBDAS:
+        w, b = _ridge(xtr, ytr, lam)
+        mse = float(((xva @ w + b - yva) ** 2).mean())
+        if best is None or mse < best[0]:
+            best = (mse, lam, w, b)
+    _, lam, w, b = best
+    pred = xte @ w + b
+    r2 = 1.0 - float(((pred - yte) ** 2).mean() / yte.var())
+    return {"r2": r2, "mae": float(np.abs(np.clip(pred, -3, 3) - yte).mean()),
+            "corr": float(np.corrcoef(pred, yte)[0, 1]), "lambda": lam, "w": w, "b": b}
+
+
+def _strip(d: dict) -> dict:
+    return {k: v for k, v in d.items() if k not in ("w", "b")}
+
+
+def embedding_probes(data: str | Path, arrays: dict[str, ClipArrays], inputs: dict[str, SplitTensors],
+                     train_idx: np.ndarray | None = None) -> dict[str, Any]:
+    """Probes of z_v, z_t and y from the frozen embeddings, fitted on ``train_idx`` of the train split."""
+    feats, lat, y = {}, {}, {}
+    for s in ("train", "valid", "test"):
+        feats[s] = {"v": mean_visual(inputs[s]), "t": inputs[s].text_emb.numpy()}
+        feats[s]["tv"] = np.concatenate([feats[s]["t"], feats[s]["v"]], 1)
+        lat[s] = latents(data, arrays[s].ids)
+        y[s] = arrays[s].labels.astype(np.float64)
+    idx = np.arange(len(y["train"])) if train_idx is None else train_idx
+    out = {}
+    for name, feat, target in (("z_v|visual", "v", 0), ("z_t|text", "t", 1), ("z_v|text", "t", 0),
+                               ("z_t|visual", "v", 1)):
+        out[name] = _strip(probe(feats["train"][feat][idx], lat["train"][idx, target], feats["valid"][feat],
+                                 lat["valid"][:, target], feats["test"][feat], lat["test"][:, target]))
+    for name, feat in (("y|both", "tv"), ("y|text", "t"), ("y|visual", "v")):
+        out[name] = _strip(probe(feats["train"][feat][idx], y["train"][idx], feats["valid"][feat], y["valid"],
+                                 feats["test"][feat], y["test"]))
+    # the latents themselves, for reference: how well a linear read of z predicts y on this test split
+    out["y|latents"] = _strip(probe(lat["train"][idx], y["train"][idx], lat["valid"], y["valid"], lat["test"],
+                                    y["test"]))
+    return out
+
+
+@torch.no_grad()
+def generator_quality(model: TRML, data: str | Path, arrays: dict[str, ClipArrays], inputs: dict[str, SplitTensors]
+                      ) -> dict[str, Any]:
+    """Generated against real embeddings on the test split (and the probes that read z off them)."""
+    model.eval()
+    emb = {}
+    for s in ("train", "valid", "test"):
+        d = inputs[s]
+        v = model.temporal(d.frame_emb, d.frame_mask)
+        t = d.text_emb
+        emb[s] = {"v": v, "t": t, "v_hat": model.gen_text_to_visual(t), "t_hat": model.gen_visual_to_text(v)}
+    lat = {s: latents(data, arrays[s].ids) for s in emb}
+    out: dict[str, Any] = {}
+    te = emb["test"]
+    for gen, real, src, target in (("v_hat", "v", "t", 0), ("t_hat", "t", "v", 1)):
+        g, r = te[gen], te[real]
+        sims = g @ r.T  # (N, N) cosine: every embedding is unit-norm
+        rank = (sims > sims.diag().unsqueeze(1)).sum(1).float() + 1  # rank of the true partner, 1 = best
+        mean_fill = F.normalize(emb["train"][real].mean(0), dim=0)
+        p = probe(emb["train"][real].numpy(), lat["train"][:, target], emb["valid"][real].numpy(),
+                  lat["valid"][:, target], r.numpy(), lat["test"][:, target])
+        z = lat["test"][:, target]
+        read = g.numpy() @ p["w"] + p["b"]  # the real-embedding probe applied to the generated embedding
+        out[gen] = {
+            "cos_to_real": float((g * r).sum(1).mean()),
+            "cos_identity": float((te[src] * r).sum(1).mean()),  # the generator's starting point
+            "cos_mean_fill": float((r @ mean_fill).mean()),
+            "median_rank": float(rank.median()), "r_at_1": float((rank <= 1).float().mean()),
+            "r_at_10": float((rank <= 10).float().mean()), "n": len(r),
+            "probe_r2_real": p["r2"],
+            "probe_corr_generated": float(np.corrcoef(read, z)[0, 1]),
+        }
+    return out

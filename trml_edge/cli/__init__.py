@@ -16,7 +16,7 @@ app = typer.Typer(name="trml-edge", no_args_is_help=True, add_completion=False,
 
 def _register() -> None:
     # Each module adds its commands to `app` (or a sub-app) on import.
-    from trml_edge.cli import data_cmds, train_cmds  # noqa: F401
+    from trml_edge.cli import data_cmds, demo_cmds, train_cmds  # noqa: F401
 
     for optional in ("export_cmds", "serve_cmds", "features_cmds", "profile_cmds"):
         try:

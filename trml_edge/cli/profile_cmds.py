@@ -24,6 +24,7 @@ def profile_cmd(
     out: Path = typer.Option(..., "--out", help="report directory: report.json, report.md, charts, recipe"),
     data: Optional[Path] = typer.Option(None, "--data", help="dataset: accuracy per scenario + recommendation"),
     url: Optional[str] = typer.Option(None, "--url", help="a live Triton server, HOST:PORT (HTTP)"),
+    url_bundle: str = typer.Option("served", "--url-bundle", help="what the --url server serves (report label)"),
     batch: str = typer.Option("1,8", "--batch", help="batch sizes for the local backends"),
     concurrency: str = typer.Option("1,8", "--concurrency", help="concurrent clients for --url"),
     accuracy_budget: Optional[str] = typer.Option(
@@ -40,7 +41,8 @@ def profile_cmd(
     from trml_edge.profile import ProfileConfig, profile
 
     cfg = ProfileConfig(bundles=[str(b) for b in bundles], out=str(out), data=str(data) if data else None,
-                        url=url, batches=_ints(batch, "--batch"), concurrency=_ints(concurrency, "--concurrency"),
+                        url=url, url_bundle=url_bundle, batches=_ints(batch, "--batch"),
+                        concurrency=_ints(concurrency, "--concurrency"),
                         budget=accuracy_budget, min_time=min_time, min_runs=min_runs, warmup=warmup,
                         threads=threads, torch=torch)
     rep = profile(cfg)

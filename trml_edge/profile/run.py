@@ -32,6 +32,7 @@ class ProfileConfig:
     out: str
     data: str | None = None  # dataset directory: accuracy per scenario and the recommendation
     url: str | None = None  # a live Triton endpoint, HOST:PORT (HTTP)
+    url_bundle: str = "served"  # what the server at --url serves, for the report's bundle column
     batches: list[int] = field(default_factory=lambda: [1, 8])
     concurrency: list[int] = field(default_factory=lambda: [1, 8])
     budget: str | None = None  # "acc2=0.01,mae=0.05"; None: the task's default
@@ -175,7 +176,7 @@ def profile(cfg: ProfileConfig) -> dict[str, Any]:
         rep["latency"].append({"backend": "pytorch-eager", "bundle": "pytorch-fp32", "scenario": "all",
                                "status": "SKIPPED", "reason": torch_reason})
     if not cfg.url:
-        rep["latency"].append({"backend": "triton", "bundle": "served", "scenario": "all", "status": "SKIPPED",
+        rep["latency"].append({"backend": "triton", "bundle": cfg.url_bundle, "scenario": "all", "status": "SKIPPED",
                                "reason": "no --url HOST:PORT given"})
 
     pipes: dict[tuple[str, str], timing.TimedPipeline] = {}
@@ -225,7 +226,7 @@ def profile(cfg: ProfileConfig) -> dict[str, Any]:
                 req = timing.make_requests(scenario, 1, frames, size, cfg.seed)
                 for c in cfg.concurrency:
                     lat = timing.triton_load(cfg.url, req, c, cfg.warmup, cfg.min_time, cfg.min_runs)
-                    rep["latency"].append({"backend": "triton", "bundle": "served", "scenario": scenario,
+                    rep["latency"].append({"backend": "triton", "bundle": cfg.url_bundle, "scenario": scenario,
                                            "batch": 1, "concurrency": c, "status": "OK", "url": cfg.url,
                                            "latency": lat})
                     bar.step(f"triton {scenario} x{c}")

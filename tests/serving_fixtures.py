@@ -1,0 +1,39 @@
+"""Built-once Triton artifacts for the serving tests: repositories of the FP32 test bundle and live servers.
+
+A server is started on free loopback ports the first time a test asks for it and stopped when the test
+process exits (the process group goes with it, Python-backend stubs included).
+"""
+
+from __future__ import annotations
+
+import atexit
+from functools import cache
+from pathlib import Path
+
+from export_fixtures import bundle, workdir
+
+# Small enough that a test frame can sit just over it; real deployments keep the 4096 default.
+TEST_MAX_FRAME_SIDE = 320
+TEST_MAX_FRAMES = 64
+
+
+@cache
+def repository(backend: str = "python", router_max_batch: int = 8) -> Path:
+    from trml_edge.routing import RequestLimits
+    from trml_edge.serving.repository import ModelSettings, RepoConfig, build_repository
+
+    out = workdir() / f"repo_{backend}_rb{router_max_batch}"
+    cfg = RepoConfig(bundle=str(bundle("fp32")), out=str(out), backend=backend,
+                     router=ModelSettings(max_batch_size=router_max_batch, max_queue_delay_us=2000),
+                     limits=RequestLimits(max_frames=TEST_MAX_FRAMES, max_frame_side=TEST_MAX_FRAME_SIDE))
+    return build_repository(cfg)
+
+
+@cache
+def server(router_max_batch: int = 8):
+    """A running tritonserver on the python-backend repository of the FP32 test bundle."""
+    from trml_edge.serving.server import TritonServer
+
+    srv = TritonServer(repository("python", router_max_batch)).start()
+    atexit.register(srv.stop)
+    return srv

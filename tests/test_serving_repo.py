@@ -1,0 +1,255 @@
+"""Triton repositories without a server: configs parsed by Triton's own protobuf, byte-identical router modules,
+a router that imports nothing of the installed package, and the pure routing functions."""
+
+from __future__ import annotations
+
+import ast
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from export_fixtures import bundle, workdir
+from serving_fixtures import repository
+from trml_edge.errors import MissingModalityError, RequestError, ServingError
+from trml_edge.graphs import GRAPH_NAMES, GRAPHS
+from trml_edge.routing import (COMPLETE, TEXT_MISSING, VISUAL_MISSING, RequestLimits, check_frames, check_text,
+                               group_by_scenario, pick_frames, route)
+from trml_edge.serving.repository import CORE_MODULES, RepoConfig, build_repository, core_sources
+
+ONNX_TO_TRITON = {onnx.TensorProto.FLOAT: "TYPE_FP32", onnx.TensorProto.INT64: "TYPE_INT64",
+                  onnx.TensorProto.BOOL: "TYPE_BOOL"}
+
+
+def _parse(path: Path):
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    return text_format.Parse(path.read_text(), mc.ModelConfig()), mc
+
+
+def _tensorrt_bundle() -> Path:
+    """A copy of the FP32 bundle with an engine entry per graph, as `build-engines` records them on a GPU box.
+
+    The plan bytes are a stand-in (no GPU here): only the repository layout and configs are checked on CPU.
+    """
+    dst = workdir() / "bundle_with_engines"
+    if not dst.exists():
+        shutil.copytree(bundle("fp32"), dst)
+        m = json.loads((dst / "manifest.json").read_text())
+        (dst / "engines").mkdir()
+        for g in GRAPH_NAMES:
+            plan = dst / "engines" / f"{g}.sm87.trt10.3.plan"
+            plan.write_bytes(b"not a real plan: " + g.encode())
+            m["engines"][g] = {"file": f"engines/{plan.name}", "precision": "fp32"}
+        (dst / "manifest.json").write_text(json.dumps(m))
+    return dst
+
+
+@pytest.mark.parametrize("backend", ["python", "onnxruntime", "tensorrt"])
+def test_configs_match_the_io_declaration_and_the_onnx_graphs(backend, tmp_path):
+    src = _tensorrt_bundle() if backend == "tensorrt" else bundle("fp32")
+    repo = build_repository(RepoConfig(bundle=str(src), out=str(tmp_path / "repo"), backend=backend))
+    manifest = json.loads((src / "manifest.json").read_text())
+    dims = manifest["model"]["dims"]
+    for name in GRAPH_NAMES:
+        cfg, mc = _parse(repo / name / "config.pbtxt")
+        assert cfg.name == name
+        spec = GRAPHS[name]
+        # against the ONNX file itself, independent of the generator's reading of graphs.py
+        path = bundle("fp32") / manifest["graphs"][name]["file"]
+        graph = onnx.load(str(path)).graph
+        assert [t.name for t in cfg.input] == [t.name for t in graph.input] == [t.name for t in spec.inputs]
+        assert [t.name for t in cfg.output] == [t.name for t in graph.output] == [t.name for t in spec.outputs]
+        feeds = {}
+        for t_cfg, t_onnx in zip(cfg.input, graph.input):
+            assert mc.DataType.Name(t_cfg.data_type) == ONNX_TO_TRITON[t_onnx.type.tensor_type.elem_type]
+            onnx_dims = [d.dim_value if d.dim_value else -1 for d in t_onnx.type.tensor_type.shape.dim]
+            assert onnx_dims[0] == -1  # the batch axis, which Triton keeps out of dims
+            assert list(t_cfg.dims) == onnx_dims[1:]
+            shape = [2] + [3 if d == -1 else d for d in t_cfg.dims]
+            dtype = {"TYPE_FP32": np.float32, "TYPE_INT64": np.int64, "TYPE_BOOL": bool}[mc.DataType.Name(
+                t_cfg.data_type)]
+            feeds[t_cfg.name] = np.ones(shape, dtype)
+        # output dims: what the graph really returns for a batch of 2
+        import onnxruntime as ort
+
+        outs = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)
+        for t_cfg, t_onnx, got in zip(cfg.output, graph.output, outs):
+            assert mc.DataType.Name(t_cfg.data_type) == ONNX_TO_TRITON[t_onnx.type.tensor_type.elem_type]
+            assert [2, *t_cfg.dims] == list(got.shape)
+        axis_max = manifest["graphs"][name]["profile"][spec.inputs[0].name][2][0]
+        assert cfg.max_batch_size == axis_max > 0
+        assert cfg.dynamic_batching.max_queue_delay_microseconds == 500
+        assert len(cfg.instance_group) == 1 and cfg.instance_group[0].count == 1
+        kind = cfg.instance_group[0].kind
+        assert kind == (mc.ModelInstanceGroup.KIND_GPU if backend == "tensorrt" else mc.ModelInstanceGroup.KIND_CPU)
+        files = {p.name for p in (repo / name / "1").iterdir()}
+        expected = {"python": {"model.py", "model.onnx"}, "onnxruntime": {"model.onnx"},
+                    "tensorrt": {"model.plan"}}[backend]
+        assert files == expected
+        if backend == "tensorrt":
+            assert cfg.platform == "tensorrt_plan"
+            assert (repo / name / "1" / "model.plan").read_bytes() == b"not a real plan: " + name.encode()
+        else:
+            assert (repo / name / "1" / "model.onnx").read_bytes() == (src / manifest["graphs"][name]["file"]
+                                                                       ).read_bytes()
+        assert cfg.parameters["bundle_sha256"].string_value == manifest["graphs"][name]["sha256"]
+    router, mc = _parse(repo / "trml" / "config.pbtxt")
+    assert router.backend == "python" and router.max_batch_size == 8
+    ins = {t.name: t for t in router.input}
+    assert set(ins) == {"TEXT", "FRAMES"} and all(t.optional for t in ins.values())
+    assert mc.DataType.Name(ins["TEXT"].data_type) == "TYPE_STRING" and list(ins["TEXT"].dims) == [1]
+    assert mc.DataType.Name(ins["FRAMES"].data_type) == "TYPE_UINT8" and list(ins["FRAMES"].dims) == [-1, -1, -1, 3]
+    outs = {t.name: t for t in router.output}
+    assert list(outs["OUTPUT"].dims) == [dims["classes"]] and list(outs["VIRTUAL_MODALITY"].dims) == [1]
+    assert router.parameters["bundle_manifest_sha256"].string_value == \
+        __import__("hashlib").sha256((src / "manifest.json").read_bytes()).hexdigest()
+    assert (repo / "trml" / "1" / "bundle_manifest.json").read_bytes() == (src / "manifest.json").read_bytes()
+
+
+def test_settings_from_the_command_line_reach_the_configs(tmp_path):
+    from typer.testing import CliRunner
+
+    from trml_edge.cli import _register, app
+
+    _register()
+    out = tmp_path / "repo"
+    res = CliRunner().invoke(app, ["triton", "build", str(bundle("fp32")), "--out", str(out), "--backend",
+                                   "onnxruntime", "--instances", "3", "--max-queue-delay-us", "1234", "--max-batch",
+                                   "4", "--router-instances", "2", "--router-max-batch", "16", "--max-frame-side",
+                                   "999", "--sequential-branches"])
+    assert res.exit_code == 0, res.output
+    cfg, _ = _parse(out / "image_encoder" / "config.pbtxt")
+    assert (cfg.instance_group[0].count, cfg.dynamic_batching.max_queue_delay_microseconds,
+            cfg.max_batch_size) == (3, 1234, 4)
+    router, _ = _parse(out / "trml" / "config.pbtxt")
+    assert (router.instance_group[0].count, router.max_batch_size) == (2, 16)
+    assert router.parameters["max_frame_side"].string_value == "999"
+    assert router.parameters["concurrent_branches"].string_value == "false"
+
+
+def test_tensorrt_backend_without_engines_is_a_clear_error(tmp_path):
+    with pytest.raises(ServingError, match="no TensorRT engine for image_encoder.*build-engines"):
+        build_repository(RepoConfig(bundle=str(bundle("fp32")), out=str(tmp_path / "r"), backend="tensorrt"))
+    assert not (tmp_path / "r").exists() and not list(tmp_path.iterdir())  # nothing half-written
+
+
+def test_existing_repository_needs_force_and_a_bad_bundle_is_refused(tmp_path):
+    out = tmp_path / "r"
+    out.mkdir()
+    with pytest.raises(ServingError, match="already exists.*--force"):
+        build_repository(RepoConfig(bundle=str(bundle("fp32")), out=str(out)))
+    bad = tmp_path / "bad_bundle"
+    shutil.copytree(bundle("fp32"), bad)
+    with open(bad / "graphs" / "fusion_head.onnx", "ab") as f:
+        f.write(b"\0")
+    from trml_edge.errors import BundleError
+
+    with pytest.raises(BundleError, match="fusion_head"):
+        build_repository(RepoConfig(bundle=str(bad), out=str(tmp_path / "r2")))
+
+
+def test_router_modules_are_byte_identical_copies_of_the_package():
+    core = repository() / "trml" / "1" / "trml_core"
+    for module, src in core_sources().items():
+        assert (core / f"{module}.py").read_bytes() == src.read_bytes(), module
+    assert {p.stem for p in core.glob("*.py")} == {*CORE_MODULES, "__init__"}
+    router = json.loads((repository() / "trml" / "1" / "router.json").read_text())
+    import hashlib
+
+    assert router["core_modules"] == {m: hashlib.sha256(p.read_bytes()).hexdigest() for m, p in core_sources().items()}
+
+
+def _imports(path: Path) -> set[tuple[int, str]]:
+    """(relative level, module) of every import in a file."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out |= {(0, a.name.split(".")[0]) for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            out.add((node.level, (node.module or "").split(".")[0]))
+    return out
+
+
+def test_router_and_its_modules_import_only_numpy_stdlib_and_each_other():
+    stdlib = set(sys.stdlib_module_names)
+    allowed = {"numpy", "triton_python_backend_utils", "trml_core"}
+    files = [*core_sources().values(), repository() / "trml" / "1" / "model.py"]
+    for f in files:
+        for level, mod in _imports(f):
+            if level:  # relative: only the copied siblings
+                assert mod in CORE_MODULES, (f, mod)
+            else:
+                assert mod in stdlib or mod in allowed or mod == "__future__", (f.name, mod)
+
+
+def test_copied_modules_work_without_the_package():
+    """Import trml_core from the repository with trml_edge blocked; it tokenizes and routes as the package does."""
+    from trml_edge.tokenizer import BPETokenizer
+
+    version = repository() / "trml" / "1"
+    texts = ["i really liked it", "naïve café &amp; emoji 😀", "not good at all " * 20]
+    code = f"""
+import sys, json
+sys.modules['trml_edge'] = None
+sys.path.insert(0, {str(version)!r})
+from trml_core import routing, tokenizer, preprocess, graphs
+tok = tokenizer.BPETokenizer({str(version / 'assets' / 'bpe_simple_vocab_16e6.txt.gz')!r}, 77)
+try:
+    routing.route(False, False)
+    missing = None
+except Exception as e:
+    missing = type(e).__name__ + ': ' + str(e)
+print(json.dumps({{"tokens": tok({texts!r}).tolist(), "route": routing.route(True, False), "missing": missing,
+                   "loaded": sorted(m for m in sys.modules if m.startswith('trml_edge') and sys.modules[m])}}))
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    ours = BPETokenizer(bundle("fp32") / "assets" / "bpe_simple_vocab_16e6.txt.gz", 77)
+    assert got["tokens"] == ours(texts).tolist()
+    assert got["route"] == TEXT_MISSING and got["loaded"] == []
+    assert got["missing"].startswith("MissingModalityError") and "FRAMES" in got["missing"] and "TEXT" in got["missing"]
+
+
+# --- the pure routing functions, no model and no server ---
+
+def test_route_and_grouping():
+    assert [route(*x) for x in [(True, True), (False, True), (True, False)]] == [COMPLETE, VISUAL_MISSING,
+                                                                                 TEXT_MISSING]
+    with pytest.raises(MissingModalityError, match="FRAMES.*TEXT"):
+        route(False, False)
+    scen = [COMPLETE, TEXT_MISSING, COMPLETE, VISUAL_MISSING, TEXT_MISSING]
+    assert group_by_scenario(scen) == {COMPLETE: [0, 2], TEXT_MISSING: [1, 4], VISUAL_MISSING: [3]}
+
+
+def test_pick_frames_is_uniform_and_keeps_short_clips():
+    assert pick_frames(3, 8).tolist() == [0, 1, 2]
+    assert pick_frames(8, 8).tolist() == list(range(8))
+    assert pick_frames(22, 8).tolist() == [0, 3, 6, 9, 12, 15, 18, 21]  # 21/7 = 3 apart, first and last kept
+    assert pick_frames(1, 8).tolist() == [0]
+
+
+def test_request_checks_name_the_problem():
+    lim = RequestLimits(max_frames=10, max_frame_side=100, max_text_bytes=20)
+    ok = np.zeros((2, 100, 50, 3), np.uint8)
+    assert check_frames(ok, lim) is ok
+    cases = [(ok.astype(np.float32), "dtype float32"), (ok[0], r"shape \[100, 50, 3\]"), (ok[:0], "0 frames"),
+             (np.zeros((1, 101, 5, 3), np.uint8), "101x5 pixels, over the limit of 100"),
+             (np.zeros((11, 4, 4, 3), np.uint8), "11 frames, over the limit of 10"),
+             (np.zeros((1, 4, 4, 4), np.uint8), r"shape \[1, 4, 4, 4\]"), ([1, 2], "numpy uint8 array")]
+    for bad, msg in cases:
+        with pytest.raises(RequestError, match=msg):
+            check_frames(bad, lim)
+    assert check_text("fine", lim) == "fine" and check_text("é".encode(), lim) == "é"
+    for bad, msg in [(b"\xff\xfe", "not valid utf-8"), ("", "TEXT is empty"), (" \n ", "TEXT is empty"),
+                     (b"x" * 21, "21 bytes, over the limit of 20"), ("é" * 11, "over the limit of 20"),
+                     (3, "must be a string")]:
+        with pytest.raises(RequestError, match=msg):
+            check_text(bad, lim)

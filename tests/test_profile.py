@@ -166,3 +166,52 @@ def test_recommend_search_is_measured():
     assert len(seen) == 3  # baseline, image int8 (rejected), text int8 (kept); equal-time graphs not tried
     assert seen[1]["image_encoder"] == "int8" and seen[2]["text_encoder"] == "int8"
     assert np.isclose(rec["graph_ms"]["text_encoder"], 3.0)
+
+
+def _processes_mentioning(text: str) -> list[str]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmd:
+            found.append(f"{proc.name}: {cmd[:200]}")
+    return found
+
+
+@pytest.mark.slow
+def test_demo_end_to_end(tmp_path):
+    """`trml-edge demo`, made small: every step runs, the report covers the live server, the server is gone
+    afterwards, and a second run reuses every finished step."""
+    import subprocess
+    import sys
+
+    from trml_edge.profile.report import validate
+
+    root = Path(__file__).resolve().parents[1]
+    # a 2-epoch model predicts values next to 0, where INT8 flips decisions: a looser gate, knowingly
+    recipe = tmp_path / "int8-loose.toml"
+    recipe.write_text((root / "export" / "cpu-int8.toml").read_text() +
+                      "\n[budgets.int8]\nacc_drop = 0.25\nmae_rise = 0.25\n")
+    out = tmp_path / "demo"
+    cmd = [sys.executable, "-m", "trml_edge", "demo", "--out", str(out), "--n", "200", "--pool", "300",
+           "--pretrain-epochs", "1", "--epochs", "2", "--calibration-samples", "16", "--min-time", "0.05",
+           "--batch", "1", "--concurrency", "1,2", "--int8-recipe", str(recipe)]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=1500, cwd=root)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    rep = json.loads((out / "profile" / "report.json").read_text())
+    assert validate(rep) == []
+    assert set(rep["bundles"]) == {"fp32", "fp16", "int8"}
+    triton = [r for r in rep["latency"] if r["backend"] == "triton" and r["status"] == "OK"]
+    assert {(r["scenario"], r["concurrency"]) for r in triton} == {
+        (s, c) for s in ("complete", "visual_missing", "text_missing") for c in (1, 2)}
+    assert rep["accuracy"]["status"] == "ok" and rep["recommendation"]["status"] in ("ok", "none")
+    assert "report:" in first.stdout and str(out / "profile" / "report.md") in first.stdout.replace("\n", "")
+    assert _processes_mentioning(str(out)) == []  # tritonserver and its stubs are gone
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=root)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "already done" in second.stdout
+    assert "parity gates" not in second.stdout and "pretraining" not in second.stdout

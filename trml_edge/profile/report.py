@@ -112,6 +112,35 @@ def _f(x: Any, nd: int = 2) -> str:
     return "n/a" if x is None else f"{x:.{nd}f}"
 
 
+def summary_table(rep: dict[str, Any]) -> list[str]:
+    """One row per bundle and scenario: local latency at the first batch size, accuracy and its delta."""
+    batch = rep["settings"]["batches"][0]
+    acc = rep["accuracy"]
+    keys = list(acc.get("budget", {})) if acc["status"] == "ok" else []
+    metric = acc.get("headline_metric")
+    scores = {(r["bundle"], r["scenario"]): r for r in acc.get("rows", [])}
+    out = [f"## Summary (batch {batch}; latency in ms)\n",
+           "| bundle | backend | scenario | p50 | p99 | " + (f"{metric} | " if metric else "accuracy | ") +
+           "".join(f"Δ{k} | " for k in keys) + "within budget |",
+           "| --- | --- | --- | --- | --- | --- | " + "".join("--- | " for _ in keys) + "--- |"]
+    for r in rep["latency"]:
+        if r["status"] != "OK" or r.get("batch") != batch or r["backend"] == "triton":
+            continue
+        s = scores.get((r["bundle"], r["scenario"]))
+        cells = [r["bundle"], r["backend"], r["scenario"].replace("_", " "), _f(r["latency"]["p50_ms"]),
+                 _f(r["latency"]["p99_ms"])]
+        if s is None:
+            cells += ["n/a"] + ["n/a" for _ in keys] + ["n/a"]
+        else:
+            cells += [f"{s['metrics'][metric]:.4f}"] + [f"{s['delta'][k]:+.4f}" for k in keys]
+            cells += ["yes" if s["within_budget"] else "**no**"]
+        out.append("| " + " | ".join(cells) + " |")
+    if acc["status"] != "ok":
+        out.append(f"\nAccuracy n/a: {acc['reason']}")
+    out.append("")
+    return out
+
+
 def markdown(rep: dict[str, Any]) -> str:
     env, out = rep["environment"], []
     out.append("# trml-edge profile\n")
@@ -119,6 +148,7 @@ def markdown(rep: dict[str, Any]) -> str:
                f"{env['threads']} threads; ISA {' '.join(env['isa_flags']) or 'n/a'}); load average at start "
                f"{env['load_average'][0]:.2f}. Matmul peak measured in this run: "
                f"{rep['matmul_peak']['gflops']:.1f} GFLOP/s. Timings under load: compare ratios within this report.\n")
+    out += summary_table(rep)
     out.append("## Latency (ms per call; throughput in samples/s, or requests/s for Triton)\n")
     out.append("| backend | bundle | scenario | batch | concurrency | p50 | p90 | p95 | p99 | throughput | runs |")
     out.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")

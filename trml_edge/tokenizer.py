@@ -1,4 +1,4 @@
-"""CLIP's byte-level BPE tokenizer in plain Python + numpy, reading the vocabulary file shipped in a bundle.
+r"""CLIP's byte-level BPE tokenizer in plain Python + numpy, reading the vocabulary file shipped in a bundle.
 
 Behaviour matched to open_clip's ``SimpleTokenizer`` with its default ``clean="lower"``:
 

@@ -64,7 +64,8 @@ def test_end_to_end_gate_covers_every_scenario(kind):
         assert r["ok"] and r["samples"] > 10
         assert r["onnx"]["has0_acc2"] >= r["torch"]["has0_acc2"] - r["budget"]["acc_drop"]
         assert r["onnx"]["mae"] <= r["torch"]["mae"] + r["budget"]["mae_rise"]
-        assert 0.0 <= r["decision_agreement"] <= 1.0
+        # Acc-2 can differ only on the samples whose decision changed
+        assert abs(r["onnx"]["has0_acc2"] - r["torch"]["has0_acc2"]) <= 1 - r["decision_agreement"] + 1e-12
         if kind == "fp32":  # same math, other kernels: predictions agree to float rounding
             assert r["pred_max_abs"] < 1e-3 and r["decision_agreement"] == 1.0
 

@@ -12,26 +12,35 @@ from pathlib import Path
 
 from export_fixtures import bundle, workdir
 
+# The router waits up to 20 ms to fill a batch, so requests sent together are grouped (tested).
 # Small enough that a test frame can sit just over it; real deployments keep the 4096 default.
 TEST_MAX_FRAME_SIDE = 320
 TEST_MAX_FRAMES = 64
 
 
-@cache
 def repository(backend: str = "python", router_max_batch: int = 8) -> Path:
+    return _repository(backend, router_max_batch)  # one cache key however it is called
+
+
+@cache
+def _repository(backend: str, router_max_batch: int) -> Path:
     from trml_edge.routing import RequestLimits
     from trml_edge.serving.repository import ModelSettings, RepoConfig, build_repository
 
     out = workdir() / f"repo_{backend}_rb{router_max_batch}"
     cfg = RepoConfig(bundle=str(bundle("fp32")), out=str(out), backend=backend,
-                     router=ModelSettings(max_batch_size=router_max_batch, max_queue_delay_us=2000),
+                     router=ModelSettings(max_batch_size=router_max_batch, max_queue_delay_us=20000),
                      limits=RequestLimits(max_frames=TEST_MAX_FRAMES, max_frame_side=TEST_MAX_FRAME_SIDE))
     return build_repository(cfg)
 
 
-@cache
 def server(router_max_batch: int = 8):
     """A running tritonserver on the python-backend repository of the FP32 test bundle."""
+    return _server(router_max_batch)
+
+
+@cache
+def _server(router_max_batch: int):
     from trml_edge.serving.server import TritonServer
 
     srv = TritonServer(repository("python", router_max_batch)).start()

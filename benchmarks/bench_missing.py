@@ -59,6 +59,7 @@ def main() -> None:
     ap.add_argument("--eval-split", default="test", choices=["test", "valid"])
     ap.add_argument("--gen-warmup-epochs", type=int, default=TrainConfig.gen_warmup_epochs)
     ap.add_argument("--pair-data", default=TrainConfig.pair_data, choices=["labelled", "train_split"])
+    ap.add_argument("--gen-init", default=TrainConfig.gen_init, choices=["identity", "gap"])
     ap.add_argument("--alpha", type=float, default=ExperimentConfig.alpha)
     ap.add_argument("--tau", type=float, default=ExperimentConfig.tau)
     ap.add_argument("--baselines-from", type=Path, default=None,
@@ -76,7 +77,8 @@ def main() -> None:
     if not weights.is_file():
         pretrain(PretrainConfig(pool=str(data / "pretrain"), out=str(clip_dir), epochs=args.pretrain_epochs))
     common = dict(data=str(data), clip_weights=str(weights), epochs=args.epochs, alpha=args.alpha, tau=args.tau,
-                  gen_warmup_epochs=args.gen_warmup_epochs, pair_data=args.pair_data, eval_split=args.eval_split)
+                  gen_warmup_epochs=args.gen_warmup_epochs, pair_data=args.pair_data, gen_init=args.gen_init,
+                  eval_split=args.eval_split)
     arrays, inputs = prepare_experiment(ExperimentConfig(out=str(args.out), **common))
     limits = bayes_limits(n=args.bayes_n)
     ceilings = latent_r2(n=args.bayes_n)
@@ -100,7 +102,7 @@ def main() -> None:
     out = {"command": "benchmarks/bench_missing.py " + " ".join(_argv()), "sizes": args.sizes, "seeds": args.seeds,
            "rates": args.rates, "protocols": args.protocols, "ratios": args.ratios, "epochs": args.epochs,
            "eval_split": args.eval_split, "gen_warmup_epochs": args.gen_warmup_epochs, "pair_data": args.pair_data,
-           "alpha": args.alpha, "tau": args.tau, "seconds": time.perf_counter() - t0, "bayes": limits,
+           "gen_init": args.gen_init, "alpha": args.alpha, "tau": args.tau, "seconds": time.perf_counter() - t0, "bayes": limits,
            "bayes_r2": ceilings,
            "summary": summary, "diagnosis": diagnosis, "diagnosis_summary": summarize_diagnosis(diagnosis),
            "raw": raw}

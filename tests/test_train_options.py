@@ -77,3 +77,28 @@ def test_training_with_warmup_starts_with_matched_generators_and_resumes_exactly
     assert part == {"interrupted_after_epoch": 0}
     resumed = train(_tcfg(synth_data, tmp_path / "res", gen_warmup_epochs=4), tiny_cfg(), progress=False)
     assert [h["task_loss"] for h in warm["history"]] == [h["task_loss"] for h in resumed["history"]]
+
+
+def test_gap_init_moves_generated_embeddings_toward_the_real_ones(synth_data, tiny_cfg, tmp_path):
+    from trml_edge.train.features import fuse_batch
+    from trml_edge.train.loop import init_generators_across_gap
+
+    model, arrays, inputs = _setup(synth_data, tiny_cfg)
+    data = inputs["train"]
+    idx = np.arange(len(data))
+    ones = torch.ones(len(data), dtype=torch.bool)
+
+    def cosines():
+        with torch.no_grad():
+            o = fuse_batch(model, data, idx, ones, ones)
+        return float((o.v_hat * o.v).sum(1).mean()), float((o.t_hat * o.t).sum(1).mean()), o
+
+    cv0, ct0, o = cosines()
+    init_generators_across_gap(model, data)
+    cv1, ct1, _ = cosines()
+    gap = o.v.mean(0) - o.t.mean(0)
+    assert torch.allclose(model.gen_text_to_visual.net[-1].bias, gap)
+    assert torch.allclose(model.gen_visual_to_text.net[-1].bias, -gap)
+    assert cv1 > cv0 + 0.05 and ct1 > ct0 + 0.05
+    with pytest.raises(ConfigError, match="gen_init"):
+        TrainConfig(gen_init="random").validate()

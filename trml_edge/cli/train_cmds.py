@@ -71,6 +71,9 @@ def train(
     pair_data: Optional[str] = typer.Option(
         None, help="stage-1 pairs: labelled, or train_split (adds the train clips outside "
         "--max-train as unlabelled pairs) [default: TrainConfig's]"),
+    gen_init: Optional[str] = typer.Option(
+        None, help="generators start as the identity, or gap: shifted by the mean visual-minus-text embedding "
+        "of the complete pairs [default: TrainConfig's]"),
 ) -> None:
     """Train TRML (L = L_task + alpha * L_sml). Runs under torchrun for DistributedDataParallel."""
     from trml_edge.config import MissingConfig, TRMLConfig
@@ -86,7 +89,7 @@ def train(
                        missing=MissingConfig(rate=train_missing_rate, modality=train_missing_modality),
                        max_train=max_train, feature_cache=str(feature_cache) if feature_cache else None,
                        **{k: v for k, v in (("fixed_missing", fixed_missing), ("gen_warmup_epochs", gen_warmup_epochs),
-                                            ("pair_data", pair_data)) if v is not None})
+                                            ("pair_data", pair_data), ("gen_init", gen_init)) if v is not None})
     metrics = run(tcfg, mcfg, clip_weights)
     if "best_epoch" in metrics:
         typer.echo(f"best epoch {metrics['best_epoch']}, valid score {metrics['valid_score']:.4f}; "

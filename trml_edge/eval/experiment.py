@@ -40,6 +40,7 @@ class ExperimentConfig:
     fixed_missing: bool = TrainConfig.fixed_missing  # training masks drawn once (victim protocol) or per epoch
     gen_warmup_epochs: int = TrainConfig.gen_warmup_epochs  # TRML's stage 1 (generators alone on SML)
     pair_data: str = TrainConfig.pair_data  # stage-1 pairs: labelled, or the whole train split without labels
+    gen_init: str = TrainConfig.gen_init  # TRML's generators start as the identity or shifted across the gap
     eval_split: str = "test"  # the split the methods are compared on ("valid" for choosing settings)
     reuse: dict[str, str] = field(default_factory=dict)  # run name -> a finished run to use instead of training
 
@@ -66,7 +67,8 @@ def run_experiment(cfg: ExperimentConfig, arrays: dict[str, ClipArrays] | None =
     for name, (mcfg, missing) in specs.items():
         run = Path(cfg.reuse.get(name, out / name))
         if not (run / WEIGHTS).is_file():
-            stage1 = {"gen_warmup_epochs": cfg.gen_warmup_epochs, "pair_data": cfg.pair_data} if name == "trml" else {}
+            stage1 = ({"gen_warmup_epochs": cfg.gen_warmup_epochs, "pair_data": cfg.pair_data,
+                       "gen_init": cfg.gen_init} if name == "trml" else {})
             tcfg = TrainConfig(data=cfg.data, out=str(run), epochs=cfg.epochs, batch_size=cfg.batch_size,
                                seed=cfg.seed, missing=missing, max_train=cfg.max_train,
                                fixed_missing=cfg.fixed_missing and name != "complete", **stage1)

@@ -62,6 +62,9 @@ class TrainConfig:
     # stage-1 pairs: "labelled" (the labelled clips that are complete) or "train_split" (those, plus the
     # train-split clips outside the labelled subset, used as unlabelled complete pairs)
     pair_data: str = "labelled"
+    # the generators' start: "identity" (v_hat = t, CLIP's alignment as is) or "gap" (v_hat = t shifted by
+    # the mean visual-minus-text embedding of the stage-1 pairs: across the modality gap; no label read)
+    gen_init: str = "identity"
 
     def validate(self) -> None:
         self.missing.validate()
@@ -71,6 +74,8 @@ class TrainConfig:
             raise ConfigError(f"gen_warmup_epochs must be >= 0, got {self.gen_warmup_epochs}")
         if self.pair_data not in ("labelled", "train_split"):
             raise ConfigError(f"pair_data must be labelled or train_split, got {self.pair_data!r}")
+        if self.gen_init not in ("identity", "gap"):
+            raise ConfigError(f"gen_init must be identity or gap, got {self.gen_init!r}")
 
     def identity(self) -> dict[str, Any]:
         d = asdict(self)
@@ -165,8 +170,12 @@ def train(
         inputs = {s: split_tensors(model, a) for s, a in arrays.items()}
     train_data, valid_data = inputs["train"], inputs["valid"]
     n = len(train_data)
-    if st is None and tcfg.gen_warmup_epochs > 0:  # a resumed run has its warmed-up generators in the state
-        warmup_generators(model, warmup_pairs(model, tcfg, train_data, *full_train), tcfg, mcfg.tau)
+    if st is None and (tcfg.gen_warmup_epochs > 0 or tcfg.gen_init == "gap"):  # a resumed run has them in its state
+        pairs = warmup_pairs(model, tcfg, train_data, *full_train)
+        if tcfg.gen_init == "gap":
+            init_generators_across_gap(model, pairs)
+        if tcfg.gen_warmup_epochs > 0:
+            warmup_generators(model, pairs, tcfg, mcfg.tau)
 
     head_params = [p for name, p in model.named_parameters() if not name.startswith("clip.")]
     groups = [{"params": head_params, "lr": tcfg.lr}]
@@ -286,6 +295,26 @@ def warmup_pairs(model: TRML, tcfg: TrainConfig, train_data: SplitTensors, full_
                                                   else torch.cat([a, b]))
                           for a, b in ((getattr(pairs, f), getattr(extra, f)) for f in
                                        ("labels", "frame_mask", "tokens", "frames", "frame_emb", "text_emb"))))
+
+
+@torch.no_grad()
+def init_generators_across_gap(model: TRML, pairs: SplitTensors) -> None:
+    """Start each generator at its input shifted by the mean target-minus-source embedding of ``pairs``.
+
+    CLIP's image and text embeddings sit in separate cones (the modality gap): an identity generator puts a
+    text embedding where the head expects a visual one. The shift is the last layer's bias (zero at
+    init), so the generator's architecture and exported graph are unchanged.
+    """
+    ones = torch.ones(len(pairs), dtype=torch.bool)
+    vs, ts = [], []
+    for b in range(0, len(pairs), 256):
+        idx = np.arange(b, min(b + 256, len(pairs)))
+        o = fuse_batch(model, pairs, idx, ones[idx], ones[idx])
+        vs.append(o.v)
+        ts.append(o.t)
+    gap = torch.cat(vs).mean(0) - torch.cat(ts).mean(0)  # (D,)
+    model.gen_text_to_visual.net[-1].bias.copy_(gap)
+    model.gen_visual_to_text.net[-1].bias.copy_(-gap)
 
 
 def warmup_generators(model: TRML, pairs: SplitTensors, tcfg: TrainConfig, tau: float) -> list[float]:

@@ -156,8 +156,8 @@ def conditional_losses(p: Process, see_v: str | None, see_t: str | None, n: int 
 def bayes_limits(p: Process | None = None, n: int = 20000, seed: int = 0) -> dict[str, dict[str, dict[str, float]]]:
     """{level: {scenario: {"mae", "se", "sd"}}} for levels "latent" and "observed".
 
-    ``se`` is the Monte Carlo standard error; ``sd`` the per-sample spread (a test split of ``m`` clips
-    has a sampling std of about ``sd / sqrt(m)`` around the limit).
+    ``se`` is the Monte Carlo standard error; ``sd`` the spread of the per-observation expected loss (the
+    MAE realized on a finite test split varies more than ``sd / sqrt(m)``: it also draws the labels).
     """
     p = p or Process()
     res: dict[str, dict[str, dict[str, float]]] = {}

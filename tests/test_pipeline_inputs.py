@@ -66,8 +66,10 @@ def test_predict_on_large_frames_and_many_of_them_matches_pytorch(pipe, model):
     p = model.cfg.preprocess
     with torch.no_grad():
         for has_v, has_t in [(True, True), (True, False)]:
-            want = model(torch.from_numpy(normalize(small, p.mean, p.std))[None], torch.ones(1, t_max, dtype=torch.bool),
-                         tokenize([text], p.context_length), torch.tensor([has_v]), torch.tensor([has_t])).output
+            pixels = torch.from_numpy(normalize(small, p.mean, p.std))[None]
+            want = model(pixels, torch.ones(1, t_max, dtype=torch.bool),
+                         tokenize([text], p.context_length), torch.tensor([has_v]),
+                         torch.tensor([has_t])).output
             got = pipe.predict(frames, text if has_t else None)
             assert float(got.output) == pytest.approx(float(want[0]), abs=2e-3)
     # the sub-sampling is the reference's: the same request with only those frames gives the same answer
@@ -94,3 +96,28 @@ def test_predict_batch_with_mixed_masks_and_more_samples_than_its_batch(pipe):
     assert got.shape == (n,)
     np.testing.assert_allclose(got, want, atol=1e-5)
     assert len({round(x, 5) for x in want}) == n  # distinct answers: a row mix-up cannot pass
+
+
+def test_prediction_graphs_are_the_sessions_that_ran(pipe, monkeypatch):
+    """Prediction.graphs against a record of the ONNX sessions actually run (a spy on the real sessions)."""
+    ran = []
+    real = pipe.bundle.session
+
+    def spy(graph, *a, **k):
+        session = real(graph, *a, **k)
+
+        class Recording:
+            def run(self, *args, **kwargs):
+                ran.append(graph)
+                return session.run(*args, **kwargs)
+
+        return Recording()
+
+    monkeypatch.setattr(pipe.bundle, "session", spy)
+    frames, text = _raw(3, pipe.size, pipe.size), "graphs that ran"
+    for f, x, want in [(frames, text, ("image_encoder", "temporal_encoder", "text_encoder", "fusion_head")),
+                       (None, text, ("text_encoder", "gen_text_to_visual", "fusion_head")),
+                       (frames, None, ("image_encoder", "temporal_encoder", "gen_visual_to_text", "fusion_head"))]:
+        ran.clear()
+        res = pipe.predict(f, x)
+        assert res.graphs == tuple(ran) == want

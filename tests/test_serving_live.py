@@ -282,3 +282,30 @@ def _pgid(pid: str) -> int | None:
         return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[2])
     except (FileNotFoundError, ProcessLookupError, IndexError):
         return None
+
+
+@pytest.mark.gpu
+@pytest.mark.trt
+def test_tensorrt_repository_serves_on_a_gpu(tmp_path, clips):
+    """On a GPU box with TensorRT and a Triton that has the tensorrt backend (TRITONSERVER=path/to/tritonserver):
+    engines built from the int8-trt bundle, served through the router, close to the ORT runtime."""
+    from trml_edge.export.tensorrt import build_engines
+    from trml_edge.serving.repository import RepoConfig, build_repository
+    from trml_edge.serving.server import TritonServer
+
+    binary = os.environ.get("TRITONSERVER")
+    if not binary:
+        pytest.skip("set TRITONSERVER to a tritonserver with the tensorrt and python backends")
+    b = tmp_path / "bundle"
+    shutil.copytree(bundle("int8-trt"), b)
+    build_engines(b)
+    repo = build_repository(RepoConfig(bundle=str(b), out=str(tmp_path / "repo"), backend="tensorrt"))
+    pipe = Pipeline(b)
+    with TritonServer(repo, tritonserver=binary) as srv:
+        c = TritonClient(srv.url)
+        for frames, text in clips:
+            for f, t in [(frames, text), (None, text), (frames, None)]:
+                got, ref = c.infer(f, t), pipe.predict(f, t)
+                assert got.virtual_modality == ref.virtual_modality
+                assert abs(float(got.output) - float(ref.output)) <= 0.15  # the int8 budget of one prediction
+        c.close()

@@ -85,7 +85,7 @@ def test_configs_match_the_io_declaration_and_the_onnx_graphs(backend, tmp_path)
             assert [2, *t_cfg.dims] == list(got.shape)
         axis_max = manifest["graphs"][name]["profile"][spec.inputs[0].name][2][0]
         assert cfg.max_batch_size == axis_max > 0
-        assert cfg.dynamic_batching.max_queue_delay_microseconds == 500
+        assert cfg.dynamic_batching.max_queue_delay_microseconds == 100
         assert len(cfg.instance_group) == 1 and cfg.instance_group[0].count == 1
         kind = cfg.instance_group[0].kind
         assert kind == (mc.ModelInstanceGroup.KIND_GPU if backend == "tensorrt" else mc.ModelInstanceGroup.KIND_CPU)

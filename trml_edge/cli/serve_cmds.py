@@ -23,13 +23,13 @@ def build(
                                                "python (ORT inside the Python backend, for CPU-only Triton)"),
     instances: int = typer.Option(1, help="instances of each per-graph model"),
     kind: str = typer.Option("auto", help="per-graph instance kind: cpu | gpu | auto (gpu for tensorrt)"),
-    max_queue_delay_us: int = typer.Option(500, help="dynamic batcher delay of the per-graph models (us)"),
+    max_queue_delay_us: int = typer.Option(100, help="how long an idle per-graph model waits to fill a batch (us)"),
     max_batch: Optional[int] = typer.Option(None, help="per-graph max_batch_size [default: the bundle's TensorRT "
                                                         "profile max of the batch axis]"),
     router_instances: int = typer.Option(1, help="instances of the trml router"),
     router_max_batch: int = typer.Option(8, help="requests the router takes at once (0: one at a time, without "
                                                  "a batch axis in the request)"),
-    router_queue_delay_us: int = typer.Option(500, help="dynamic batcher delay of the router (us)"),
+    router_queue_delay_us: int = typer.Option(100, help="how long an idle router waits to fill a batch (us)"),
     max_frames: int = typer.Option(512, help="frames per request; more are refused (the model sub-samples)"),
     max_frame_side: int = typer.Option(4096, help="largest frame height or width in pixels; larger is refused"),
     max_text_bytes: int = typer.Option(16384, help="largest TEXT in utf-8 bytes; longer is refused"),

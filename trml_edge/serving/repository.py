@@ -63,7 +63,7 @@ class ModelSettings:
 
     instances: int = 1  # model instances (each Python-backend instance is its own process)
     kind: str = "auto"  # cpu | gpu | auto (gpu for tensorrt, cpu otherwise)
-    max_queue_delay_us: int = 500  # how long the dynamic batcher waits to fill a batch
+    max_queue_delay_us: int = 100  # how long an idle model waits to fill a batch (adds to batch-1 latency)
     max_batch_size: int | None = None  # None: the bundle's TensorRT profile max of the batch axis
 
     def validate(self, where: str) -> None:

@@ -175,3 +175,23 @@ def test_load_split_skips_broken_clips_and_keeps_each_clip_with_its_own_frames(t
             frames, mask = read_frames(records[clip].video, 6, size=24)
             assert np.array_equal(arrays.frames[i], frames) and np.array_equal(arrays.frame_mask[i], mask), clip
             assert arrays.labels[i] == np.float32(records[clip].label) and arrays.texts[i] == records[clip].text
+
+
+def test_the_training_log_counts_an_undecodable_clip_once(tmp_path, caplog):
+    """The streamed path `trml-edge train` takes with a frozen backbone (feature store, not load_split)."""
+    import torch
+
+    from trml_edge.config import TRMLConfig
+    from trml_edge.model.checkpoint import new_model
+    from trml_edge.train.features import prepare_inputs
+
+    rng = np.random.default_rng(0)
+    lines = [row("v", str(i), f"t{i}", 0.5) for i in range(3)] + [row("v", "3", "broken", 1.0)]
+    lines += [row("w", "0", "valid", 1.0, "valid")]
+    root = corpus(tmp_path / "c", lines, [("v", str(i)) for i in range(3)] + [("w", "0")])
+    write_corrupt(root / "Raw" / "v" / "3.mp4", rng)
+    torch.manual_seed(0)
+    with caplog.at_level(logging.WARNING):
+        arrays, _ = prepare_inputs(new_model(TRMLConfig()), root)
+    assert len(arrays["train"]) == 3 and list(arrays["train"].skipped) == ["v$_$3"]
+    assert "train: skipped 1 of 4 clips" in caplog.text

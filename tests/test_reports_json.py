@@ -42,3 +42,15 @@ def test_evaluate_json_writes_null_and_a_reason_when_every_label_is_zero(tmp_pat
     saved = _strict((tmp_path / "e.json").read_text())
     assert saved["metrics"]["non0_acc2"] is None and "non0_acc2" in saved["undefined"]
     assert _strict(r.stdout[r.stdout.index("{"):])["metrics"]["non0_f1"] is None  # what is printed too
+
+
+def test_comparison_rows_are_written_with_null_and_a_reason():
+    from trml_edge.eval.experiment import _json_row
+
+    row = {"method": "zero-fill", "test_missing_rate": 0.5, "mae": 1.25, "corr": float("nan"),
+           "non0_acc2": float("nan")}
+    out = _json_row(row)
+    assert out["corr"] is None and out["non0_acc2"] is None and out["mae"] == 1.25
+    assert set(out["undefined"]) == {"corr", "non0_acc2"} and "constant" in out["undefined"]["corr"]
+    assert _strict(json.dumps(out, allow_nan=False)) == out
+    assert "undefined" not in _json_row({"method": "x", "test_missing_rate": 0.0, "mae": 1.0})

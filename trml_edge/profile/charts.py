@@ -60,6 +60,11 @@ def pareto(rep: dict[str, Any], path: Path) -> Path:
     handles += [Line2D([], [], color="gray", marker=MARKERS[i % len(MARKERS)], linestyle="", label=b,
                        markeredgecolor="black") for i, b in enumerate(bundles)]
     ax.set_xscale("log")
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel(f"end-to-end latency, p50 (ms per call, batch {batch}, CPU; log scale)")
     if score:
         ax.set_ylabel(f"{metric} on the test split (higher is better)")

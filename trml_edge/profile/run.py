@@ -96,6 +96,8 @@ class _Progress:
 
     def __exit__(self, *exc):
         if self.p:
+            if exc[0] is None:  # the recommendation may stop before its worst-case number of trials
+                self.p.update(self.task, completed=self.p.tasks[0].total, description="profile done")
             self.p.stop()
 
     def step(self, what: str, n: int = 1) -> None:

@@ -154,6 +154,9 @@ class TritonPythonModel:
             except errors.DataError as e:  # the client's mistake: 400, and only this request fails
                 responses[i] = pb_utils.InferenceResponse(
                     error=pb_utils.TritonError(str(e), pb_utils.TritonError.INVALID_ARG))
+            except Exception as e:  # a fault of ours while reading it: 500, still only this request
+                responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(
+                    f"trml router: {type(e).__name__}: {e}", pb_utils.TritonError.INTERNAL))
         order = sorted(parsed)
         groups = routing.group_by_scenario([parsed[i][0] for i in order])
 

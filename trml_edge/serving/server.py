@@ -157,7 +157,8 @@ class TritonServer:
             if self.proc.poll() is not None:
                 self._close_log()
                 raise ServingError(f"tritonserver exited with status {self.proc.returncode} while starting: "
-                                   f"{self.failure()} (full log: {self.log_file})")
+                                   f"{self.failure()}; fix that model or rebuild the repository with `trml-edge "
+                                   f"triton build` (full log: {self.log_file})")
             try:
                 if _get(f"http://{self.url}/v2/health/ready", timeout=1.0)[0] == 200:
                     return self

@@ -48,7 +48,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("bench_out/missing"))
     ap.add_argument("--data", type=Path, default=None, help="dataset (default OUT/data, generated if absent)")
-    ap.add_argument("--clip", type=Path, default=None, help="pretrained CLIP dir (default OUT/clip, pretrained if absent)")
+    ap.add_argument("--clip", type=Path, default=None,
+                    help="pretrained CLIP dir (default OUT/clip, pretrained if absent)")
     ap.add_argument("--sizes", type=int, nargs="+", default=[150, 400, 696], help="labelled training clips")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--rates", type=float, nargs="+", default=[0.1, 0.3, 0.5, 0.7])
@@ -102,13 +103,15 @@ def main() -> None:
     out = {"command": "benchmarks/bench_missing.py " + " ".join(_argv()), "sizes": args.sizes, "seeds": args.seeds,
            "rates": args.rates, "protocols": args.protocols, "ratios": args.ratios, "epochs": args.epochs,
            "eval_split": args.eval_split, "gen_warmup_epochs": args.gen_warmup_epochs, "pair_data": args.pair_data,
-           "gen_init": args.gen_init, "alpha": args.alpha, "tau": args.tau, "seconds": time.perf_counter() - t0, "bayes": limits,
+           "gen_init": args.gen_init, "alpha": args.alpha, "tau": args.tau, "seconds": time.perf_counter() - t0,
+           "bayes": limits,
            "bayes_r2": ceilings,
            "summary": summary, "diagnosis": diagnosis, "diagnosis_summary": summarize_diagnosis(diagnosis),
            "raw": raw}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench_missing.json").write_text(json.dumps(out, indent=2) + "\n")
-    md = compact_markdown(summary, raw) + "\n\n" + markdown(summary) + "\n\n" + diagnosis_markdown(out["diagnosis_summary"], limits, ceilings)
+    md = "\n\n".join([compact_markdown(summary, raw), markdown(summary),
+                       diagnosis_markdown(out["diagnosis_summary"], limits, ceilings)])
     (args.out / "bench_missing.md").write_text(md + "\n")
     print(md)
     print(f"total {time.perf_counter() - t0:.0f} s")

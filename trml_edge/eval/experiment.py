@@ -67,8 +67,11 @@ def run_experiment(cfg: ExperimentConfig, arrays: dict[str, ClipArrays] | None =
     for name, (mcfg, missing) in specs.items():
         run = Path(cfg.reuse.get(name, out / name))
         if not (run / WEIGHTS).is_file():
-            stage1 = ({"gen_warmup_epochs": cfg.gen_warmup_epochs, "pair_data": cfg.pair_data,
-                       "gen_init": cfg.gen_init} if name == "trml" else {})
+            # the baselines never use their generators: keep them out of TRML's generator settings
+            stage1 = {"gen_warmup_epochs": 0, "gen_init": "identity"}
+            if name == "trml":
+                stage1 = {"gen_warmup_epochs": cfg.gen_warmup_epochs, "pair_data": cfg.pair_data,
+                          "gen_init": cfg.gen_init}
             tcfg = TrainConfig(data=cfg.data, out=str(run), epochs=cfg.epochs, batch_size=cfg.batch_size,
                                seed=cfg.seed, missing=missing, max_train=cfg.max_train,
                                fixed_missing=cfg.fixed_missing and name != "complete", **stage1)

@@ -174,10 +174,13 @@ def train(
     n = len(train_data)
     if st is None and (tcfg.gen_warmup_epochs > 0 or tcfg.gen_init == "gap"):  # a resumed run has them in its state
         pairs = warmup_pairs(model, tcfg, train_data, *full_train)
-        if tcfg.gen_init == "gap":
-            init_generators_across_gap(model, pairs)
-        if tcfg.gen_warmup_epochs > 0:
-            warmup_generators(model, pairs, tcfg, mcfg.tau)
+        if len(pairs) < 2:  # every training clip misses a modality: there is no pair to start the generators from
+            log.warning("no complete training pairs: the generators start as the identity, without warm-up")
+        else:
+            if tcfg.gen_init == "gap":
+                init_generators_across_gap(model, pairs)
+            if tcfg.gen_warmup_epochs > 0:
+                warmup_generators(model, pairs, tcfg, mcfg.tau)
 
     head_params = [p for name, p in model.named_parameters() if not name.startswith("clip.")]
     groups = [{"params": head_params, "lr": tcfg.lr}]
@@ -280,10 +283,10 @@ def train_masks(n: int, tcfg: TrainConfig, epoch: int) -> tuple[np.ndarray, np.n
 def warmup_pairs(model: TRML, tcfg: TrainConfig, train_data: SplitTensors, full_arrays: ClipArrays,
                  full_inputs: SplitTensors | None) -> SplitTensors:
     """The complete pairs stage 1 trains on (see ``TrainConfig.pair_data``); their labels are never read."""
-    if tcfg.fixed_missing:
+    if tcfg.fixed_missing or tcfg.missing.rate >= 1.0:
         has_v, has_t = train_masks(len(train_data), tcfg, 0)
         pairs = train_data.subset(np.flatnonzero(has_v & has_t))
-    else:  # masks redrawn every epoch: every labelled clip is seen complete
+    else:  # masks redrawn every epoch: every labelled clip is seen complete in some epoch
         pairs = train_data
     if tcfg.pair_data == "labelled":
         return pairs

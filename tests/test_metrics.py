@@ -176,7 +176,10 @@ def test_written_json_is_strict(tmp_path, caplog):
 
     from trml_edge.config import write_json_atomic
 
-    write_json_atomic(tmp_path / "r.json", {"a": float("nan"), "b": [1.0, float("inf")], "c": 2.0})
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="trml_edge.config"):  # whatever other tests set on trml_edge
+        write_json_atomic(tmp_path / "r.json", {"a": float("nan"), "b": [1.0, float("inf")], "c": 2.0})
     text = (tmp_path / "r.json").read_text()
     assert json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in JSON")) == \
         {"a": None, "b": [1.0, None], "c": 2.0}

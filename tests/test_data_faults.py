@@ -134,6 +134,7 @@ def test_the_skip_log_counts_an_undecodable_clip_once(tmp_path, caplog):
         arrays = load_split(open_corpus(root).records, "train", 4, 32)
     assert len(arrays) == 3 and list(arrays.skipped) == ["v$_$3"]
     assert "skipped 1 of 4 clips" in caplog.text  # a split of 4 rows, 1 undecodable
+    assert caplog.text.count("data check") == 1 and "[Errno" not in caplog.text  # said once, in words
 
 
 def test_corpus_readers_form_a_tree():

@@ -55,7 +55,7 @@ def demo(
 
     from rich.console import Console
 
-    from trml_edge.cli.profile_cmds import _ints
+    from trml_edge.cli.profile_cmds import _ints, print_recommendation
     from trml_edge.data.corpus import load_split, read_corpus
     from trml_edge.data.synth import SynthSpec, generate
     from trml_edge.eval.experiment import ExperimentConfig, run_experiment, table
@@ -131,10 +131,5 @@ def demo(
     import json
 
     rep = json.loads((report / "report.json").read_text())
-    rec = rep["recommendation"]
     console.print(f"[bold]7/7[/] report: {report / 'report.md'}  ({time.perf_counter() - t0:.0f} s)")
-    if rec["status"] == "ok":
-        console.print("recommended precision per graph: " +
-                      ", ".join(f"{g}={p}" for g, p in rec["precision"].items()) + f"; recipe: {rec['recipe']}")
-    else:
-        console.print(f"recommendation {rec['status']}: {rec['reason']}")
+    print_recommendation(rep, console.print)

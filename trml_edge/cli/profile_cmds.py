@@ -46,16 +46,19 @@ def profile_cmd(
                         budget=accuracy_budget, min_time=min_time, min_runs=min_runs, warmup=warmup,
                         threads=threads, torch=torch)
     rep = profile(cfg)
-    rec = rep["recommendation"]
-    if rec["status"] == "ok":
-        typer.echo("recommended precision per graph: " +
-                   ", ".join(f"{g}={p}" for g, p in rec["precision"].items()))
-        for r in rec["latency"]:
-            acc = next(a for a in rec["accuracy"] if a["scenario"] == r["scenario"])
-            typer.echo(f"  {r['scenario']}: p50 {r['p50_ms']:.2f} ms ({r['speedup']:.2f}x vs {rec['baseline']}), "
-                       + ", ".join(f"delta {k} {v:+.4f}" for k, v in acc["delta"].items()
-                                   if k in rep["accuracy"]["budget"]))
-        typer.echo(f"recipe: {rec['recipe']}")
-    else:
-        typer.echo(f"recommendation {rec['status']}: {rec['reason']}")
+    print_recommendation(rep, typer.echo)
     typer.echo(f"report: {out / 'report.md'}")
+
+
+def print_recommendation(rep: dict, echo) -> None:
+    """The recommendation with its measured latency and accuracy, one line per scenario."""
+    rec = rep["recommendation"]
+    if rec["status"] != "ok":
+        echo(f"recommendation {rec['status']}: {rec['reason']}")
+        return
+    echo("recommended precision per graph: " + ", ".join(f"{g}={p}" for g, p in rec["precision"].items()))
+    for r in rec["latency"]:
+        acc = next(a for a in rec["accuracy"] if a["scenario"] == r["scenario"])
+        echo(f"  {r['scenario']}: p50 {r['p50_ms']:.2f} ms ({r['speedup']:.2f}x vs {rec['baseline']}), "
+             + ", ".join(f"delta {k} {v:+.4f}" for k, v in acc["delta"].items() if k in rep["accuracy"]["budget"]))
+    echo(f"recipe: {rec['recipe']}")

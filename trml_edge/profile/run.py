@@ -230,7 +230,8 @@ def profile(cfg: ProfileConfig) -> dict[str, Any]:
                     lat = timing.triton_load(cfg.url, req, c, cfg.warmup, cfg.min_time, cfg.min_runs)
                     rep["latency"].append({"backend": "triton", "bundle": cfg.url_bundle, "scenario": scenario,
                                            "batch": 1, "concurrency": c, "status": "OK", "url": cfg.url,
-                                           "latency": lat})
+                                           "latency": lat, "breakdown": "n/a: the graphs run inside the server "
+                                           "(Triton's statistics extension has per-model times)"})
                     bar.step(f"triton {scenario} x{c}")
 
         # --- accuracy and recommendation ---

@@ -25,11 +25,11 @@ def test_has0_counts_zero_as_positive_and_non0_drops_zero_labels():
 
 
 def test_prediction_of_exactly_zero_is_negative_for_non0():
-    truth = np.array([1.0, -1.0])
-    pred = np.array([0.0, 0.0])
+    truth = np.array([1.0, -1.0, 2.0])
+    pred = np.zeros(3)
     m = regression_metrics(pred, truth)
-    assert m["non0_acc2"] == pytest.approx(0.5)  # 0 > 0 is False: counted as negative
-    assert m["has0_acc2"] == pytest.approx(0.5)  # 0 >= 0 is True: counted as non-negative
+    assert m["non0_acc2"] == pytest.approx(1 / 3)  # 0 > 0 is False: [F,F,F] vs [T,F,T]; with >= it would be 2/3
+    assert m["has0_acc2"] == pytest.approx(2 / 3)  # 0 >= 0 is True: [T,T,T] vs [T,F,T]; with > it would be 1/3
 
 
 def test_acc7_and_acc5_clip_then_round_half_to_even():
@@ -60,14 +60,6 @@ def test_classification_metrics():
 
 
 # --- cases that tell each comparison apart, and an independent re-derivation ---
-
-def test_non0_counts_a_zero_prediction_as_negative_where_ge_and_gt_differ():
-    truth = np.array([1.0, -1.0, 2.0])
-    pred = np.zeros(3)
-    m = regression_metrics(pred, truth)
-    assert m["non0_acc2"] == pytest.approx(1 / 3)  # pred > 0: [F,F,F] vs [T,F,T]; with >= it would be 2/3
-    assert m["has0_acc2"] == pytest.approx(2 / 3)  # pred >= 0: [T,T,T] vs [T,F,T]; with > it would be 1/3
-
 
 def test_has0_counts_a_zero_label_as_non_negative():
     m = regression_metrics(np.array([1.0, 1.0, -1.0]), np.array([0.0, 0.0, -1.0]))

@@ -20,7 +20,8 @@ from trml_edge.config import write_json_atomic
 from trml_edge.errors import BundleError, ExportError, ParityError, TrmlEdgeError
 from trml_edge.graphs import GRAPH_NAMES, GRAPHS, model_dims
 from trml_edge.export.recipe import ExportConfig
-from trml_edge.runtime.bundle import FORMAT, FORMAT_VERSION, MANIFEST, TOKENIZER_FILE, load_bundle, sha256_file
+from trml_edge.runtime.bundle import (FORMAT, FORMAT_VERSION, MANIFEST, TOKENIZER_FILE, load_bundle, session_options,
+                                      sha256_file)
 
 log = logging.getLogger(__name__)
 OK, FAIL, SKIPPED = "OK", "FAIL", "SKIPPED"
@@ -84,6 +85,7 @@ def export_bundle(cfg: ExportConfig, model=None) -> ExportResult:
 
     from trml_edge.export import calibration as cal
     from trml_edge.export.onnx_export import export_graph
+    from trml_edge.export.ort_optimize import ort_level, ort_optimize
     from trml_edge.export.parity import end_to_end, graph_parity, heldout_inputs, worst_precision
     from trml_edge.export.precision import Int8Preset, to_fp16, to_int8
     from trml_edge.model.checkpoint import CONFIG, load_run
@@ -117,6 +119,16 @@ def export_bundle(cfg: ExportConfig, model=None) -> ExportResult:
             fp32 = tmp / "graphs" / f"{name}.fp32.onnx"
             final = tmp / "graphs" / f"{name}.onnx"
             _run(steps, f"{name}: onnx", lambda: export_graph(model, name, fp32, dims, cfg.opset) and OK)
+            fusion = None
+            if cfg.ort_optimize:  # validate() allows it for target cpu only: the fused ops are ORT-only
+                def fuse(fp32=fp32):
+                    nonlocal fusion
+                    fused = fp32.with_name(fp32.stem + ".fused.onnx")
+                    fusion = ort_optimize(fp32, fused)
+                    fused.replace(fp32)  # the conversions below start from the fused FP32 graph
+                    return OK, ", ".join(f"{k} x{v}" for k, v in fusion["fused"].items()) or "nothing matched"
+
+                _run(steps, f"{name}: ort-optimize", fuse)
             if precision == "fp32":
                 fp32.rename(final)
                 _run(steps, f"{name}: convert", lambda: (SKIPPED, "fp32 needs no conversion"))
@@ -126,16 +138,17 @@ def export_bundle(cfg: ExportConfig, model=None) -> ExportResult:
                 _run(steps, f"{name}: int8/{preset.name}", lambda: to_int8(fp32, final, preset, calib[name]) and OK)
             fp32.unlink(missing_ok=True)
 
-            def check(name=name, final=final, precision=precision):
+            level, level_why = ort_level(precision, final)
+
+            def check(name=name, final=final, precision=precision, level=level):
                 import onnxruntime as ort
 
-                opts = ort.SessionOptions()
-                opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-                sess = ort.InferenceSession(str(final), opts, providers=["CPUExecutionProvider"])
+                # the session options of the runtime, at the level the manifest records for this graph
+                sess = ort.InferenceSession(str(final), session_options(level), providers=["CPUExecutionProvider"])
                 res = graph_parity(model, name, sess, heldout[name], cfg.budgets[precision])
-                parity[name] = {"precision": precision, **res}
+                parity[name] = {"precision": precision, "graph_optimization_level": level, **res}
                 msg = f"max_abs {res['max_abs']:.2e} (<= {res['budget']['max_abs']:g}), " \
-                      f"min_cos {res['min_cos']:.6f} (>= {res['budget']['min_cos']:g})"
+                      f"min_cos {res['min_cos']:.6f} (>= {res['budget']['min_cos']:g}), ORT level {level}"
                 return (OK if res["ok"] else FAIL), msg
 
             _run(steps, f"{name}: parity", check)
@@ -146,6 +159,9 @@ def export_bundle(cfg: ExportConfig, model=None) -> ExportResult:
                 **spec.to_dict(dims), "dynamic_axes": {t: {str(i): a for i, a in ax.items()}
                                                        for t, ax in spec.dynamic_axes().items()},
                 "profile": {k: [list(s) for s in v] for k, v in spec.profile(dims, cfg.tensorrt.profiles).items()},
+                # how ORT runs this graph: the level every session uses (runtime, parity, Triton's Python graph
+                # model), and the transformer optimizer's fusions (None: standard ONNX operators only)
+                "ort": {"graph_optimization_level": level, "level_reason": level_why, "transformer_optimizer": fusion},
             }
 
         if cfg.target == "tensorrt" or cfg.check_tensorrt:
@@ -168,6 +184,7 @@ def export_bundle(cfg: ExportConfig, model=None) -> ExportResult:
             "format": FORMAT, "format_version": FORMAT_VERSION, "state": "partial",
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "target": cfg.target, "recipe": cfg.recipe, "opset": cfg.opset, "versions": _versions(),
+            "ort_optimize": cfg.ort_optimize,
             "model": {"run": str(cfg.run), "task": mcfg["head"]["task"], "dims": dims,
                       "trml_config_sha256": sha256_file(Path(cfg.run) / CONFIG) if cfg.run else None},
             "graphs": graphs,

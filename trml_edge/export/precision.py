@@ -45,6 +45,7 @@ class Int8Preset:
     reduce_range: bool  # 7-bit weights, avoids the U8S8 overflow of AVX2 without VNNI
     op_types: tuple[str, ...]  # only these ops get quantized inputs; everything else stays in float
     calibrate_method: str  # "MinMax", "Entropy" or "Percentile"
+    quantize_attention: bool = True  # also the activation x activation MatMuls (Q.K^T, softmax.V), not only weights
 
     def validate(self) -> None:
         if self.activation_type not in ("uint8", "int8") or self.weight_type not in ("uint8", "int8"):
@@ -141,6 +142,18 @@ class _Reader:
         self._it = self._batches()
 
 
+def activation_matmuls(path: Path) -> list[str]:
+    """Names of the MatMuls that multiply two activations (attention's Q.K^T and softmax.V): no weight input."""
+    model = onnx.load(str(path), load_external_data=False)
+    consts = {i.name for i in model.graph.initializer}
+    consts |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    names = [n.name for n in model.graph.node if n.op_type == "MatMul" and not any(i in consts for i in n.input[:2])]
+    if not all(names):  # the quantizer excludes nodes by name: an unnamed one would be quantized after all
+        raise ExportError(f"{path.name} has unnamed activation MatMuls, which quantize_attention = False cannot "
+                          "exclude; re-export the graph (torch.onnx names every node)")
+    return names
+
+
 def to_int8(src: Path, dst: Path, preset: Int8Preset, calibration: dict[str, np.ndarray], batch: int = 8) -> Path:
     """Static QDQ quantization of one graph with the given preset and calibration inputs."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -159,6 +172,7 @@ def to_int8(src: Path, dst: Path, preset: Int8Preset, calibration: dict[str, np.
             str(pre), str(dst), _Reader(calibration, batch, trim_tokens=True),
             quant_format=QuantFormat.QDQ,
             op_types_to_quantize=list(preset.op_types),
+            nodes_to_exclude=[] if preset.quantize_attention else activation_matmuls(pre),
             per_channel=preset.per_channel,
             reduce_range=preset.reduce_range,
             activation_type=qtype[preset.activation_type],
@@ -176,4 +190,21 @@ def to_int8(src: Path, dst: Path, preset: Int8Preset, calibration: dict[str, np.
     finally:
         root.setLevel(level)
         pre.unlink(missing_ok=True)
+    left = float_weight_ops(dst, preset.op_types)
+    if left:
+        raise ExportError(f"INT8 quantization of {src.name} left {len(left)} weight op(s) with a float activation "
+                          f"input, which would run in float ({', '.join(left[:3])}...): the quantizer could not type "
+                          "their inputs; export this graph without ort_optimize or report the graph")
     return dst
+
+
+def float_weight_ops(path: Path, op_types: tuple[str, ...]) -> list[str]:
+    """Names of ``op_types`` nodes whose weight is quantized (fed by a DequantizeLinear of a constant) but whose
+    activation input is not: ORT runs those in float, so a graph with any is not the INT8 graph asked for."""
+    model = onnx.load(str(path), load_external_data=False)
+    consts = {i.name for i in model.graph.initializer}
+    consts |= {n.output[0] for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] in consts}
+    dq_const = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in consts}
+    dq = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    return [n.name for n in model.graph.node if n.op_type in op_types and len(n.input) > 1
+            and n.input[1] in dq_const and n.input[0] not in dq]

@@ -5,7 +5,8 @@ A recipe (``export/NAME.toml``) holds what a target needs::
     name = "cpu-int8"
     target = "cpu"              # cpu | tensorrt
     opset = 17
-    int8_preset = "cpu"         # cpu | tensorrt
+    int8_preset = "cpu"         # cpu | cpu-vnni | tensorrt
+    ort_optimize = true         # cpu targets only: ORT's transformer optimizer (fused, ORT-only operators)
     [precision]                 # per graph; "default" covers graphs not listed
     default = "fp32"
     image_encoder = "int8"
@@ -55,6 +56,7 @@ class ExportConfig:
     tensorrt: TensorRTConfig = field(default_factory=TensorRTConfig)
     recipe: str | None = None  # recipe name, recorded in the manifest
     check_tensorrt: bool = False  # run the TensorRT lint on CPU even for target cpu
+    ort_optimize: bool = False  # cpu targets: ORT's transformer optimizer on the FP32 graphs (ORT-only fused ops)
     force: bool = False  # replace an existing bundle at ``out``
 
     def validate(self) -> None:
@@ -69,6 +71,10 @@ class ExportConfig:
         if "int8" in self.precision.values() and not self.calibration:
             raise ConfigError("INT8 needs a calibration set: pass --calibration DIR (build one with "
                               "`trml-edge calibrate RUN --data DIR --out calibration/NAME`, or use calibration/default)")
+        if self.ort_optimize and (self.target != "cpu" or self.check_tensorrt):
+            raise ConfigError("ort_optimize fuses graphs into ONNX Runtime-only operators (com.microsoft), which "
+                              "TensorRT cannot parse: use it with target = \"cpu\" only, without --check-tensorrt "
+                              "(TensorRT recipes keep standard ONNX operators)")
         if self.opset < 17:
             raise ConfigError(f"opset {self.opset} is too old: LayerNormalization needs opset >= 17")
         if self.tensorrt.workspace_mb < 64:
@@ -94,12 +100,16 @@ def apply_recipe(cfg: ExportConfig, path: str | Path) -> ExportConfig:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"recipe {path} is not valid TOML: {e}") from e
     _take(r, {"name", "description", "target", "opset", "int8_preset", "precision", "tensorrt", "budgets",
-              "calibration"}, str(path))
+              "calibration", "ort_optimize"}, str(path))
     cfg.recipe = r.get("name", path.stem)
     cfg.target = r.get("target", cfg.target)
     cfg.opset = int(r.get("opset", cfg.opset))
     cfg.int8_preset = r.get("int8_preset", "tensorrt" if cfg.target == "tensorrt" else cfg.int8_preset)
     cfg.calibration = r.get("calibration", cfg.calibration)
+    ort_opt = r.get("ort_optimize", cfg.ort_optimize)
+    if not isinstance(ort_opt, bool):
+        raise ConfigError(f"{path}: ort_optimize must be true or false, got {ort_opt!r}")
+    cfg.ort_optimize = ort_opt
     prec = dict(r.get("precision", {}))
     _take(prec, {"default", *GRAPH_NAMES}, f"{path} [precision]")
     default = check_precision(prec.pop("default", "fp32"))

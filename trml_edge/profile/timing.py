@@ -20,7 +20,7 @@ from typing import Any, Callable
 import numpy as np
 
 from trml_edge.routing import COMPLETE, TEXT_MISSING, VISUAL_MISSING
-from trml_edge.runtime.bundle import Bundle
+from trml_edge.runtime.bundle import Bundle, session_options
 from trml_edge.runtime.pipeline import Pipeline
 
 # The measured parts (graphs + preprocess + tokenize) add up to a run's end-to-end time within this much
@@ -48,7 +48,8 @@ def percentiles(seconds: list[float], batch: int = 1) -> dict[str, float]:
 class TimedPipeline(Pipeline):
     """The shipped ``Pipeline`` with a stopwatch on every graph call, preprocessing and tokenization.
 
-    Sessions are built with the runtime's own options (``Bundle.session``), plus ``allow_spinning=0``: idle
+    Sessions are built with the runtime's own options (``runtime.bundle.session_options``, at each graph's
+    recorded level), plus ``allow_spinning=0``: idle
     ORT pools must not busy-wait and steal the cores from the other configurations of an interleaved round.
     """
 
@@ -64,10 +65,7 @@ class TimedPipeline(Pipeline):
         if graph not in self._sess:
             import onnxruntime as ort
 
-            opts = ort.SessionOptions()
-            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED  # as Bundle.session
-            opts.intra_op_num_threads = self.threads
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            opts = session_options(self.bundle.ort_level(graph), self.threads, spinning=False)  # as Bundle.session
             self._sess[graph] = ort.InferenceSession(str(self.bundle.path(graph)), opts,
                                                      providers=list(self.providers))
         return self._sess[graph]

@@ -31,6 +31,37 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+# ORT graph optimization levels by the names the manifest (and the Triton graph model's
+# ``graph_optimization_level`` parameter) use.
+ORT_LEVELS = ("basic", "extended", "all")
+# Bundles written before the manifest recorded a level per graph ran (and passed parity) under this one.
+LEGACY_LEVEL = "extended"
+
+
+def session_options(level: str = LEGACY_LEVEL, threads: int = 0, spinning: bool = True):
+    """The ORT ``SessionOptions`` of every session built from a bundle: the runtime's, the export's parity
+    check and the profiler's (which passes ``spinning=False``: idle pools must not busy-wait and steal the
+    cores from the other configurations of an interleaved round). One function, so they cannot drift apart.
+
+    ``level`` is the graph's recorded ``graph_optimization_level``: "all" where it works; the exporter
+    records "extended" for FP16 graphs with a convolution, whose session ORT 1.32 crashes creating under
+    "all" (the NCHWc layout transform of an FP16 Conv).
+    """
+    import onnxruntime as ort
+
+    if level not in ORT_LEVELS:
+        raise BundleError(f"unknown ORT graph optimization level {level!r} (one of {', '.join(ORT_LEVELS)}); "
+                          f"the manifest was edited or written by a newer trml-edge: {REMEDY}")
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                                     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+                                     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[level]
+    opts.intra_op_num_threads = threads
+    if not spinning:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return opts
+
+
 @dataclass
 class Bundle:
     root: Path
@@ -72,19 +103,21 @@ class Bundle:
                 )
         self.verified = True
 
+    def ort_level(self, graph: str) -> str:
+        """The ORT graph optimization level the exporter chose (and checked parity under) for ``graph``."""
+        entry = self.graphs[graph] if graph in self.graphs else {}
+        return entry.get("ort", {}).get("graph_optimization_level", LEGACY_LEVEL)
+
     def session(self, graph: str, providers: tuple[str, ...] = ("CPUExecutionProvider",), threads: int = 0):
-        """A cached ORT session for ``graph`` (only after the bundle was verified)."""
+        """A cached ORT session for ``graph`` (only after the bundle was verified), with the options of
+        ``session_options`` at the level recorded for that graph in the manifest."""
         if not self.verified:
             raise BundleError(f"bundle {self.root} was not verified; load it with load_bundle(path)")
         key = f"{graph}|{','.join(providers)}|{threads}"
         if key not in self._sessions:
             import onnxruntime as ort
 
-            opts = ort.SessionOptions()
-            # ENABLE_ALL adds CPU layout transforms that crash ORT 1.32 on FP16 convolutions; EXTENDED keeps
-            # every fusion that matters here (QDQ, attention, GELU, LayerNorm).
-            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-            opts.intra_op_num_threads = threads
+            opts = session_options(self.ort_level(graph), threads)
             self._sessions[key] = ort.InferenceSession(str(self.path(graph)), opts, providers=list(providers))
         return self._sessions[key]
 

@@ -168,6 +168,18 @@ def test_recommend_search_is_measured():
     assert np.isclose(rec["graph_ms"]["text_encoder"], 3.0)
 
 
+def test_budget_parsing_names_the_keys():
+    from trml_edge.errors import ConfigError
+    from trml_edge.profile.accuracy import parse_budget
+
+    assert parse_budget("acc2=0.01, mae=0.05", "regression") == {"acc2": 0.01, "mae": 0.05}
+    assert parse_budget(None, "classification") == {"acc": 0.01}
+    with pytest.raises(ConfigError, match="acc2, mae"):  # acc is a classification key
+        parse_budget("acc=0.01", "regression")
+    with pytest.raises(ConfigError, match="not a number"):
+        parse_budget("mae=small", "regression")
+
+
 def _processes_mentioning(text: str) -> list[str]:
     found = []
     for proc in Path("/proc").iterdir():

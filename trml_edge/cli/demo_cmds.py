@@ -16,7 +16,7 @@ import typer
 from trml_edge.cli import app
 
 # The demo's INT8 bundle follows the shipped CPU recipe (INT8 encoders, FP32 small graphs), with the demo's
-# own calibration set in place of the recipe's.
+# own calibration set in place of the recipe's; the fp32 and fp16 bundles take its other export settings.
 INT8_RECIPE = Path(__file__).resolve().parents[2] / "export" / "cpu-int8.toml"
 
 
@@ -102,9 +102,10 @@ def demo(
         if _complete_bundle(path):
             continue
         console.print(f"[bold]4/7[/] export {precision} with parity gates -> {path} {stamp()}")
-        cfg = ExportConfig(run=str(run), out=str(path), data=str(data), force=True)
+        # all three share the int8 recipe's export settings (target, opset, ORT fusion), so the profile can
+        # mix their graphs and its recommended recipe rebuilds exactly the graphs it measured
+        cfg = apply_recipe(ExportConfig(run=str(run), out=str(path), data=str(data), force=True), int8_recipe)
         if precision == "int8":
-            apply_recipe(cfg, int8_recipe)
             cfg.calibration = str(calib)
         else:
             cfg.set_precision(precision)

@@ -31,6 +31,26 @@ class Option:
     sha256: str
 
 
+def export_settings(b) -> dict[str, Any]:
+    """The export settings a recipe holds for all graphs at once: graphs can only be mixed (and rebuilt by one
+    recipe) across bundles that agree on them."""
+    m = getattr(b, "manifest", {})
+    return {"ort_optimize": bool(m.get("ort_optimize", False)), "opset": int(m.get("opset", 17)),
+            "target": m.get("target", "cpu")}
+
+
+def mixable(bundles: dict[str, Bundle]) -> tuple[dict[str, Bundle], dict[str, str]]:
+    """The bundles whose export settings agree with the largest group (ties: the first bundle's), and why
+    each other bundle is left out of the search."""
+    keys = {label: tuple(sorted(export_settings(b).items())) for label, b in bundles.items()}
+    order = list(keys.values())
+    best = max(order, key=lambda k: (order.count(k), -order.index(k)))
+    keep = {label: b for label, b in bundles.items() if keys[label] == best}
+    left = {label: f"exported with {dict(keys[label])}, the others with {dict(best)}: one recipe cannot "
+            "rebuild both, so its graphs are timed and scored but not mixed" for label in bundles if label not in keep}
+    return keep, left
+
+
 def options(bundles: dict[str, Bundle]) -> dict[str, list[Option]]:
     """Per graph: the distinct graph files across the bundles (deduplicated by sha256)."""
     out: dict[str, list[Option]] = {}
@@ -88,12 +108,14 @@ def recipe_toml(rec: dict[str, Any], bundles: dict[str, Bundle], budget: dict[st
     picks: dict[str, Option] = rec["picks"]
     int8 = [bundles[o.label] for o in picks.values() if o.precision == "int8"]
     first = next(iter(bundles.values()))
+    settings = export_settings(first)
     lines = [f"# Written by `trml-edge profile`: per graph, the fastest measured precision whose end-to-end",
              f"# metrics stayed within the budget {budget} in every scenario.",
              f'name = "{name}"',
              'description = "measured by trml-edge profile"',
-             'target = "cpu"',
-             f"opset = {int(first.manifest.get('opset', 17))}"]
+             f'target = "{settings["target"]}"',
+             f"opset = {settings['opset']}",
+             f"ort_optimize = {'true' if settings['ort_optimize'] else 'false'}  # as the measured graphs were built"]
     if int8:
         src = int8[0].manifest
         lines.append(f'int8_preset = "{src["int8_preset"]["name"]}"')

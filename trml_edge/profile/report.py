@@ -214,6 +214,8 @@ def markdown(rep: dict[str, Any]) -> str:
             lr = lat.get(r["scenario"], {})
             out.append(f"| {r['scenario']} | " + " | ".join(f"{r['delta'][k]:+.4f}" for k in acc["budget"]) +
                        f" | {_f(lr.get('p50_ms'))} | {_f(lr.get('speedup'))}x |")
+        for label, why in rec.get("left_out", {}).items():
+            out.append(f"\nNot mixed: {label}: {why}.")
         rejected = [t for t in rec["trials"] if t["changed"] and not t["within_budget"]]
         if rejected:
             out.append("\nRejected (measured out of budget):\n")

@@ -249,7 +249,7 @@ def profile(cfg: ProfileConfig) -> dict[str, Any]:
 
 def _accuracy(cfg, bundles, first, model, torch_reason, graph_ms, runs, out, bar, size, frames):
     from trml_edge.profile import accuracy as acc_mod
-    from trml_edge.profile.recommend import recommend, write_recipe
+    from trml_edge.profile.recommend import mixable, recommend, write_recipe
 
     if not cfg.data:
         reason = "no --data DIR given: accuracy is only ever measured, never assumed"
@@ -280,9 +280,11 @@ def _accuracy(cfg, bundles, first, model, torch_reason, graph_ms, runs, out, bar
         return ref.score(budget, acc_mod.bundle_predict(comp, cfg.threads))
 
     bar.grow(len(GRAPH_NAMES) * 2 + 1)
-    rec = recommend(bundles, graph_ms, score, tick=lambda: bar.step("recommendation: scoring a candidate"))
+    keep, left_out = mixable(bundles)
+    rec = recommend(keep, graph_ms, score, tick=lambda: bar.step("recommendation: scoring a candidate"))
+    rec["left_out"] = left_out
     if rec["status"] == "ok":
-        rec["recipe"] = str(write_recipe(rec, bundles, budget, out / "recommended.toml"))
+        rec["recipe"] = str(write_recipe(rec, keep, budget, out / "recommended.toml"))
         rec["composite"] = {g: o.label for g, o in rec.pop("picks").items()}
     return accuracy, rec
 

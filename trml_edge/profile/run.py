@@ -111,7 +111,6 @@ class _Progress:
 
 def profile(cfg: ProfileConfig) -> dict[str, Any]:
     """Measure, write REPORT/report.json, report.md and the charts; return the report."""
-    import numpy as np
 
     from trml_edge.profile import accuracy as acc_mod
     from trml_edge.profile.flops import graph_flops, matmul_peak

@@ -21,6 +21,9 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest
 
+test-all: setup  # every test, the gpu/trt ones too (on a machine that has a GPU, TensorRT and a GPU Triton)
+	$(BIN)/python -m pytest -m ''
+
 bench: setup
 	$(BIN)/python benchmarks/bench_missing.py --out bench_out/missing
 	$(BIN)/python benchmarks/bench_export.py --out bench_out/bench_export.json

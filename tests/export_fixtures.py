@@ -90,6 +90,9 @@ def bundle(kind: str) -> Path:
         cfg.target, cfg.int8_preset, cfg.calibration = "tensorrt", "tensorrt", str(calibration_set())
         cfg.data = str(synth_data())
         cfg.precision.update(image_encoder="int8", text_encoder="int8")
+        # the synthetic test split has 38 clips: one flipped decision is 2.6 points of Acc-2, more than the
+        # release budget of 1 point; this 2-epoch model predicts near 0, so allow one flip (not two)
+        cfg.budgets["int8"] = cfg.budgets["int8"].updated({"acc_drop": 0.03}, "test fixture")
     elif kind == "int8-cpu":
         cfg.calibration = str(calibration_set())
         cfg.precision.update(image_encoder="int8", text_encoder="int8")

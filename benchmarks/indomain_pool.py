@@ -24,7 +24,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--frames", type=int, default=8, help="at most this many frames per clip")
+    ap.add_argument("--frames", type=int, default=8, help="frames read per clip (all of a clip up to this many)")
+    ap.add_argument("--per-clip", type=int, default=0,
+                    help="pairs per clip: this many of its frames, evenly spaced (0: every frame). One pair per "
+                    "clip keeps a clip's shared background from being a shortcut between its frames and sentence")
     args = ap.parse_args()
     images = np.load(args.data / "pretrain" / "images.npy")
     captions = (args.data / "pretrain" / "captions.txt").read_text(encoding="utf-8").splitlines()
@@ -33,7 +36,10 @@ def main() -> None:
         if r.split != "train" or r.video is None or r.problem is not None:
             continue
         frames, mask = read_frames(r.video, args.frames)
-        for f in frames[mask]:
+        real = frames[mask]
+        if args.per_clip > 0:
+            real = real[np.unique(np.linspace(0, len(real) - 1, args.per_clip).round().astype(int))]
+        for f in real:
             extra_img.append(f)
             extra_cap.append(r.text)
     args.out.mkdir(parents=True, exist_ok=True)

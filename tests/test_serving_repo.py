@@ -253,3 +253,17 @@ def test_request_checks_name_the_problem():
                      (3, "must be a string")]:
         with pytest.raises(RequestError, match=msg):
             check_text(bad, lim)
+
+
+def test_python_graph_models_use_the_bundles_ort_level(tmp_path):
+    """The Python-backend graph model builds its ORT session at the level the runtime uses for that graph."""
+    from trml_edge.runtime.bundle import load_bundle
+
+    b = load_bundle(bundle("fp16"))
+    repo = build_repository(RepoConfig(bundle=str(bundle("fp16")), out=str(tmp_path / "r")))
+    levels = {}
+    for name in GRAPH_NAMES:
+        cfg, _ = _parse(repo / name / "config.pbtxt")
+        levels[name] = cfg.parameters["graph_optimization_level"].string_value
+        assert levels[name] == b.ort_level(name)
+    assert levels["image_encoder"] == "extended"  # FP16 convolution: the level ORT 1.32 does not crash on

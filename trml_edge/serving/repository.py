@@ -131,8 +131,12 @@ def _profile_max(entry: dict[str, Any], spec: GraphSpec) -> int:
     return int(entry["profile"][first][2][0])
 
 
-def graph_config(spec: GraphSpec, entry: dict[str, Any], dims: dict[str, int], cfg: RepoConfig):
-    """Triton's ModelConfig for one graph, from the I/O declaration and the bundle's manifest entry."""
+def graph_config(spec: GraphSpec, entry: dict[str, Any], dims: dict[str, int], cfg: RepoConfig,
+                 ort_level: str = "extended"):
+    """Triton's ModelConfig for one graph, from the I/O declaration and the bundle's manifest entry.
+
+    ``ort_level`` is the ORT graph optimization level the bundle records for the graph (the runtime's own).
+    """
     mc, _ = _pb()
     s = cfg.graphs
     c = mc.ModelConfig(name=spec.name)
@@ -143,7 +147,7 @@ def graph_config(spec: GraphSpec, entry: dict[str, Any], dims: dict[str, int], c
     else:
         c.backend = "python"
         c.parameters["intra_op_threads"].string_value = str(cfg.intra_op_threads)
-        c.parameters["graph_optimization_level"].string_value = "extended"  # as the edge runtime (runtime.bundle)
+        c.parameters["graph_optimization_level"].string_value = ort_level  # as the edge runtime's session
     _batch_axis(spec)
     c.max_batch_size = s.max_batch_size if s.max_batch_size is not None else _profile_max(entry, spec)
     for specs, add in ((spec.inputs, c.input.add), (spec.outputs, c.output.add)):
@@ -238,7 +242,7 @@ def build_repository(cfg: RepoConfig) -> Path:
             shutil.copyfile(src, version / filename)
             if cfg.backend == "python":
                 shutil.copyfile(templates / "graph_python" / "model.py", version / "model.py")
-            config = graph_config(spec, entry, dims, cfg)
+            config = graph_config(spec, entry, dims, cfg, bundle.ort_level(name))
             graph_max[name] = config.max_batch_size
             write_config(config, tmp / name / "config.pbtxt")
 

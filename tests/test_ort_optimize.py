@@ -19,15 +19,17 @@ ORT_LEVEL = {"basic": 1, "extended": 2, "all": 99}  # ort.GraphOptimizationLevel
 
 
 @cache
-def recipe_bundle(recipe: str, data: bool = True) -> Path:
-    """The trained run exported with a shipped recipe (with ``data``: the test split's end-to-end gate too)."""
+def recipe_bundle(recipe: str, data: bool = True, fused: bool = False) -> Path:
+    """The trained run exported with a shipped recipe (with ``data``: the test split's end-to-end gate too;
+    with ``fused``: ORT's transformer optimizer switched on, as ``ort_optimize = true`` in the recipe does)."""
     from trml_edge.export.exporter import export_bundle
     from trml_edge.export.recipe import ExportConfig, apply_recipe
 
-    cfg = apply_recipe(ExportConfig(run=str(trained_run()), out=str(workdir() / f"recipe_{recipe}_{data}")),
+    cfg = apply_recipe(ExportConfig(run=str(trained_run()), out=str(workdir() / f"recipe_{recipe}_{data}_{fused}")),
                        ROOT / "export" / f"{recipe}.toml")
     cfg.calibration = str(calibration_set())  # the tiny model's own calibration set
     cfg.data = str(synth_data()) if data else None
+    cfg.ort_optimize = cfg.ort_optimize or fused
     export_bundle(cfg)
     return Path(cfg.out)
 
@@ -71,16 +73,18 @@ def test_ort_optimize_is_refused_where_tensorrt_must_read_the_graphs(tmp_path):
     for recipe in ("cpu-int8", "cpu-fp32"):
         cfg = apply_recipe(ExportConfig(run="r", out="o"), ROOT / "export" / f"{recipe}.toml")
         cfg.validate()
-        assert cfg.ort_optimize and cfg.target == "cpu"
+        assert cfg.target == "cpu"
+        cfg.ort_optimize = True
+        cfg.validate()  # allowed for CPU targets
     for recipe in ("gpu-fp16", "jetson-orin-int8"):
         assert not apply_recipe(ExportConfig(run="r", out="o"), ROOT / "export" / f"{recipe}.toml").ort_optimize
 
 
-def test_cpu_int8_recipe_fuses_graphs_records_it_and_quantizes_every_weight_op():
+def test_fused_cpu_int8_bundle_records_the_fusions_and_quantizes_every_weight_op():
     from trml_edge.export.precision import Int8Preset, float_weight_ops
     from trml_edge.export.tensorrt import lint_tensorrt
 
-    b = load_bundle(recipe_bundle("cpu-int8", data=False))
+    b = load_bundle(recipe_bundle("cpu-int8", data=False, fused=True))
     m = b.manifest
     assert m["ort_optimize"] is True and m["recipe"] == "cpu-int8"
     steps = {s["name"]: s for s in m["steps"]}
@@ -105,8 +109,8 @@ def test_cpu_int8_recipe_fuses_graphs_records_it_and_quantizes_every_weight_op()
     assert any("com.microsoft::" in p for p in lint_tensorrt(b.path("text_encoder")))
 
 
-def test_cpu_fp32_recipe_fused_pipeline_matches_pytorch_end_to_end():
-    b = load_bundle(recipe_bundle("cpu-fp32"))
+def test_fused_cpu_fp32_pipeline_matches_pytorch_end_to_end():
+    b = load_bundle(recipe_bundle("cpu-fp32", fused=True))
     m = b.manifest
     assert m["ort_optimize"] and set(m["graphs"]["text_encoder"]["ort"]["transformer_optimizer"]["fused"]) >= \
         {"SkipLayerNormalization", "BiasGelu"}
@@ -142,7 +146,7 @@ def test_each_graph_runs_at_its_recorded_ort_level_and_fp16_conv_stays_extended(
     assert ie["graph_optimization_level"] == "extended" and "Conv" in ie["level_reason"]  # known ORT 1.32 crash
     assert fp16.graphs["text_encoder"]["ort"]["graph_optimization_level"] == "all"  # FP16 without a Conv: fine
     assert fp16.manifest["parity"]["graphs"]["image_encoder"]["graph_optimization_level"] == "extended"
-    b = load_bundle(recipe_bundle("cpu-int8", data=False))
+    b = load_bundle(recipe_bundle("cpu-int8", data=False, fused=True))
     assert {e["ort"]["graph_optimization_level"] for e in b.graphs.values()} == {"all"}
     pipe = Pipeline(b)
     rng = np.random.default_rng(0)

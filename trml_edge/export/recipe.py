@@ -5,7 +5,7 @@ A recipe (``export/NAME.toml``) holds what a target needs::
     name = "cpu-int8"
     target = "cpu"              # cpu | tensorrt
     opset = 17
-    int8_preset = "cpu"         # cpu | cpu-vnni | tensorrt
+    int8_preset = "cpu"         # cpu | tensorrt
     ort_optimize = true         # cpu targets only: ORT's transformer optimizer (fused, ORT-only operators)
     [precision]                 # per graph; "default" covers graphs not listed
     default = "fp32"

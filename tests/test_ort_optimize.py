@@ -154,8 +154,9 @@ def test_each_graph_runs_at_its_recorded_ort_level_and_fp16_conv_stays_extended(
     pred = pipe.predict(rng.integers(0, 256, (2, size, size, 3), dtype=np.uint8), "a fine film")
     assert "image_encoder" in pred.graphs
     for name in pred.graphs:  # the sessions that ran use the level the parity gate checked
-        level = b.session(name).get_session_options().graph_optimization_level
-        assert int(level) == ORT_LEVEL[b.graphs[name]["ort"]["graph_optimization_level"]]
+        opts = b.session(name).get_session_options()
+        assert int(opts.graph_optimization_level) == ORT_LEVEL[b.graphs[name]["ort"]["graph_optimization_level"]]
+        assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"  # idle pools sleep
     legacy = json.loads(json.dumps(b.manifest))
     for e in legacy["graphs"].values():
         del e["ort"]  # a bundle written before the level was recorded ran under "extended"

@@ -40,8 +40,8 @@ LEGACY_LEVEL = "extended"
 
 def session_options(level: str = LEGACY_LEVEL, threads: int = 0, spinning: bool = True):
     """The ORT ``SessionOptions`` of every session built from a bundle: the runtime's, the export's parity
-    check and the profiler's (which passes ``spinning=False``: idle pools must not busy-wait and steal the
-    cores from the other configurations of an interleaved round). One function, so they cannot drift apart.
+    check and the profiler's. One function, so they cannot drift apart. ``spinning=False`` (the runtime and
+    the profiler): idle intra-op pools sleep instead of busy-waiting for the next run.
 
     ``level`` is the graph's recorded ``graph_optimization_level``: "all" where it works; the exporter
     records "extended" for FP16 graphs with a convolution, whose session ORT 1.32 crashes creating under
@@ -117,7 +117,10 @@ class Bundle:
         if key not in self._sessions:
             import onnxruntime as ort
 
-            opts = session_options(self.ort_level(graph), threads)
+            # no spinning: the six graphs run one after another, each with its own pool, and an idle pool that
+            # busy-waits takes the cores from the next graph (Pipeline.predict 2.6-7x slower with it on a
+            # shared 2-core machine, docs/export.md)
+            opts = session_options(self.ort_level(graph), threads, spinning=False)
             self._sessions[key] = ort.InferenceSession(str(self.path(graph)), opts, providers=list(providers))
         return self._sessions[key]
 

@@ -41,6 +41,9 @@ class TritonPythonModel:
         opts = ort.SessionOptions()
         opts.graph_optimization_level = LEVELS[params.get("graph_optimization_level", "extended")]
         opts.intra_op_num_threads = int(params.get("intra_op_threads", "0"))
+        # as the edge runtime (trml_edge.runtime.bundle.session_options): an idle pool must not busy-wait, or
+        # the graph models, each in its own process, take the cores from one another
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
         self.inputs = [i["name"] for i in cfg["input"]]
         self.outputs = [o["name"] for o in cfg["output"]]

@@ -137,7 +137,8 @@ def profile(cfg: ProfileConfig) -> dict[str, Any]:
                      "breakdown_tolerance": {"relative": timing.BREAKDOWN_REL_TOL,
                                              "absolute_ms": timing.BREAKDOWN_ABS_TOL_MS},
                      "omp_wait_policy": omp,
-                     "ort_session": "ORT_ENABLE_EXTENDED, allow_spinning=0 (as the runtime, without busy-waiting)"},
+                     "ort_session": "runtime.bundle.session_options: each graph's recorded optimization level "
+                                    "(graphs.<g>.ort in the manifest), allow_spinning=0, as the runtime"},
         "environment": env,
         "bundles": {k: {"path": str(b.root), "precision": _precisions(b), "run": b.manifest["model"].get("run"),
                         "calibration": (b.manifest.get("calibration") or {}).get("path")}

@@ -178,3 +178,20 @@ def _finite_or_null(obj: Any, where: str, found: list[str]) -> Any:
     if isinstance(obj, (list, tuple)):
         return [_finite_or_null(v, f"{where}[{i}]", found) for i, v in enumerate(obj)]
     return obj
+
+
+def publish_dir(tmp: Path, out: Path, force: bool, error: type[Exception], what: str) -> None:
+    """Rename a finished directory into place (atomic on one filesystem); an existing one is replaced only with
+    ``force``. ``error`` is raised, naming ``what`` was built, when ``out`` appeared meanwhile without force."""
+    import os
+    import shutil
+
+    if out.exists():
+        if not force:
+            raise error(f"{out} appeared while the {what} was built; choose another --out")
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(out)

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from trml_edge.config import write_json_atomic
+from trml_edge.config import publish_dir, write_json_atomic
 from trml_edge.errors import BundleError, ExportError, ParityError, TrmlEdgeError
 from trml_edge.graphs import GRAPH_NAMES, GRAPHS, model_dims
 from trml_edge.export.recipe import ExportConfig
@@ -224,22 +224,9 @@ def export_bundle(cfg: ExportConfig, model=None) -> ExportResult:
             raise err
         manifest["state"] = "complete"  # only now does load_bundle accept it (without allow_partial)
         write_json_atomic(tmp / MANIFEST, manifest)
-        _publish(tmp, out, cfg.force)
+        publish_dir(tmp, out, cfg.force, BundleError, "bundle")  # an old bundle is replaced only with force
         result.out = out
         return result
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-
-
-def _publish(tmp: Path, out: Path, force: bool) -> None:
-    """Rename the finished bundle into place (atomic on one filesystem); an old bundle is replaced only with force."""
-    if out.exists():
-        if not force:
-            raise BundleError(f"{out} appeared during the export; choose another --out")
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(out)

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import trml_edge
+from trml_edge.config import publish_dir
 from trml_edge.errors import ConfigError, MissingDependencyError, ServingError
 from trml_edge.graphs import GRAPH_NAMES, GRAPHS, PROFILES, GraphSpec
 from trml_edge.routing import RequestLimits
@@ -275,20 +276,8 @@ def build_repository(cfg: RepoConfig) -> Path:
         }
         (version / ROUTER_FILE).write_text(json.dumps(router, indent=2) + "\n", encoding="utf-8")
         write_config(router_config(dims, cfg, manifest_sha), tmp / ROUTER / "config.pbtxt")
-        _publish(tmp, out, cfg.force)
+        publish_dir(tmp, out, cfg.force, ServingError, "repository")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
-
-
-def _publish(tmp: Path, out: Path, force: bool) -> None:
-    if out.exists():
-        if not force:
-            raise ServingError(f"{out} appeared while the repository was built; choose another --out")
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(out)

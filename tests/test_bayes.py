@@ -82,3 +82,17 @@ def test_latent_r2_matches_gaussian_conditioning():
     snr = GAUSS.text_scale**2 / (GAUSS.text_scale**2 + GAUSS.text_noise**2)
     assert r["z_t|text"] == pytest.approx(snr, abs=0.01)
     assert r["z_v|text"] == pytest.approx(GAUSS.rho**2 * snr, abs=0.02)
+
+
+def test_results_table_carries_the_bayes_limit_row_per_rate():
+    from rich.console import Console
+
+    from trml_edge.eval.experiment import table
+
+    rows = [{"method": m, "test_missing_rate": r, "mae": 1.0 + r, "corr": 0.5, "has0_acc2": 0.7, "has0_f1": 0.7,
+             "non0_acc2": 0.7, "acc7": 0.3} for r in (0.0, 0.5) for m in ("TRML", "zero-fill")]
+    console = Console(width=120, record=True)
+    console.print(table(rows, limits={0.0: 0.4291, 0.5: 0.5655}))
+    lines = [ln for ln in console.export_text().splitlines() if "Bayes limit" in ln]
+    assert len(lines) == 2 and "0.429" in lines[0] and "0.566" in lines[1]
+    assert "0.700" not in lines[0]  # the limit is an MAE: the other columns stay empty

@@ -83,7 +83,11 @@ def demo(
     console.print(f"[bold]3/7[/] training complete-modality, modality-dropout and TRML models {stamp()}")
     res = run_experiment(ExperimentConfig(data=str(data), out=str(out / "runs"), clip_weights=str(weights),
                                           epochs=epochs, seed=seed))
-    console.print(table(res["rows"]))
+    from trml_edge.eval.bayes import bayes_limits, mixture_limit
+
+    observed = bayes_limits(n=5000)["observed"]  # the synthetic process's own limit, with its observation noise
+    console.print(table(res["rows"], limits={r: mixture_limit(observed, r) for r in
+                                             sorted({row["test_missing_rate"] for row in res["rows"]})}))
     console.print(f"results: {out / 'runs' / 'comparison.json'}")
 
     run = out / "runs" / "trml"

@@ -99,8 +99,10 @@ def prepare_experiment(cfg: ExperimentConfig) -> tuple[dict[str, ClipArrays], di
     return arrays, inputs if probe.cfg.backbone.freeze else None
 
 
-def table(rows: list[dict[str, Any]], title: str = "missing-modality comparison (test split)"):
-    """A rich table: one line per method and test missing rate."""
+def table(rows: list[dict[str, Any]], title: str = "missing-modality comparison (test split)",
+          limits: dict[float, float] | None = None):
+    """A rich table: one line per method and test missing rate; ``limits`` adds a "Bayes limit" MAE line per rate
+    (``trml_edge.eval.bayes``: the best MAE any predictor can reach on the synthetic benchmark's process)."""
     from rich.table import Table
 
     regression = "mae" in rows[0]
@@ -110,11 +112,15 @@ def table(rows: list[dict[str, Any]], title: str = "missing-modality comparison 
     t.add_column("method")
     for c in cols:
         t.add_column(c.replace("_", " "), justify="right")
+    rows = list(rows)
+    for rate, mae in (limits or {}).items() if regression else ():
+        last_of_rate = max(i for i, r in enumerate(rows) if r["test_missing_rate"] == rate)
+        rows.insert(last_of_rate + 1, {"method": "Bayes limit", "test_missing_rate": rate, "mae": mae})
     last = None
     for r in rows:
         rate = f"{r['test_missing_rate']:.1f}" if r["test_missing_rate"] != last else ""
         if r["test_missing_rate"] != last and last is not None:
             t.add_section()
         last = r["test_missing_rate"]
-        t.add_row(rate, r["method"], *(f"{r[c]:.3f}" for c in cols))
+        t.add_row(rate, r["method"], *(f"{r[c]:.3f}" if r.get(c) is not None else "" for c in cols))
     return t

@@ -47,8 +47,6 @@ class TritonPythonModel:
         pre = self.router["preprocess"]
         self.size, self.mean, self.std = int(pre["image_size"]), pre["mean"], pre["std"]
         self.max_frames = int(pre["max_frames"])
-        self.regression = self.router["task"] == "regression"
-        self.dim = int(self.router["dims"]["embed"])
         self.models = self.router["graph_models"]  # graph name -> Triton model name
         self.max_batch = {g: int(n) for g, n in self.router["graph_max_batch"].items()}
         self.limits = routing.RequestLimits(

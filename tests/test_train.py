@@ -61,14 +61,16 @@ def _cli(*args, env=None, launcher=()):
 COMMON = ["--epochs", "3", "--batch-size", "16", "--dropout", "0", "--seed", "2", "--train-missing-rate", "0.5"]
 
 
-def test_ddp_two_gloo_processes_match_single_process(synth_data, tmp_path):
-    single = _cli("train", "--data", synth_data, "--out", tmp_path / "single", *COMMON)
-    assert single.returncode == 0, single.stderr
+def _assert_ddp_matches(synth_data, tmp_path, opts) -> tuple[np.ndarray, np.ndarray]:
+    """2 gloo processes under torchrun train the same function as the single run already in ``single``;
+    returns both runs' test predictions.
+
+    Compare what the model does, not raw weights: parameters with an analytically zero gradient (the key
+    bias under softmax) drift by float noise amplified by Adam, while the function they compute does not.
+    """
     launcher = ("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2")
-    ddp = _cli("train", "--data", synth_data, "--out", tmp_path / "ddp", *COMMON, launcher=launcher)
+    ddp = _cli("train", "--data", synth_data, "--out", tmp_path / "ddp", *opts, launcher=launcher)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
-    # Compare what the model does, not raw weights: parameters with an analytically zero gradient (the key
-    # bias under softmax) drift by float noise amplified by Adam, while the function they compute does not.
     pa, pb = _predictions(tmp_path / "single", synth_data), _predictions(tmp_path / "ddp", synth_data)
     assert np.allclose(pa, pb, atol=2e-3), np.abs(pa - pb).max()
     ha = json.loads((tmp_path / "single" / "metrics.json").read_text())["history"]
@@ -76,6 +78,13 @@ def test_ddp_two_gloo_processes_match_single_process(synth_data, tmp_path):
     for x, y in zip(ha, hb):
         assert x["task_loss"] == pytest.approx(y["task_loss"], rel=1e-3)
         assert x["sml_loss"] == pytest.approx(y["sml_loss"], rel=1e-3)
+    return pa, pb
+
+
+def test_ddp_two_gloo_processes_match_single_process(synth_data, tmp_path):
+    single = _cli("train", "--data", synth_data, "--out", tmp_path / "single", *COMMON)
+    assert single.returncode == 0, single.stderr
+    pa, pb = _assert_ddp_matches(synth_data, tmp_path, COMMON)
     # the comparison has teeth: a different seed gives clearly different weights
     other = _cli("train", "--data", synth_data, "--out", tmp_path / "other", *COMMON[:-4], "--seed", "5",
                  "--train-missing-rate", "0.5")
@@ -163,13 +172,4 @@ def test_ddp_matches_single_process_with_fixed_masks_and_generator_warmup(synth_
     opts = [*COMMON, "--fixed-missing", "--gen-warmup-epochs", "2", "--train-missing-modality", "visual"]
     single = _cli("train", "--data", synth_data, "--out", tmp_path / "single", *opts)
     assert single.returncode == 0, single.stderr
-    launcher = ("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2")
-    ddp = _cli("train", "--data", synth_data, "--out", tmp_path / "ddp", *opts, launcher=launcher)
-    assert ddp.returncode == 0, ddp.stderr[-3000:]
-    pa, pb = _predictions(tmp_path / "single", synth_data), _predictions(tmp_path / "ddp", synth_data)
-    assert np.allclose(pa, pb, atol=2e-3), np.abs(pa - pb).max()
-    ha = json.loads((tmp_path / "single" / "metrics.json").read_text())["history"]
-    hb = json.loads((tmp_path / "ddp" / "metrics.json").read_text())["history"]
-    for x, y in zip(ha, hb):
-        assert x["task_loss"] == pytest.approx(y["task_loss"], rel=1e-3)
-        assert x["sml_loss"] == pytest.approx(y["sml_loss"], rel=1e-3)
+    _assert_ddp_matches(synth_data, tmp_path, opts)

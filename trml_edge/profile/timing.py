@@ -20,7 +20,7 @@ from typing import Any, Callable
 import numpy as np
 
 from trml_edge.routing import COMPLETE, TEXT_MISSING, VISUAL_MISSING
-from trml_edge.runtime.bundle import Bundle, session_options
+from trml_edge.runtime.bundle import Bundle
 from trml_edge.runtime.pipeline import Pipeline
 
 # The measured parts (graphs + preprocess + tokenize) add up to a run's end-to-end time within this much
@@ -48,9 +48,8 @@ def percentiles(seconds: list[float], batch: int = 1) -> dict[str, float]:
 class TimedPipeline(Pipeline):
     """The shipped ``Pipeline`` with a stopwatch on every graph call, preprocessing and tokenization.
 
-    Sessions are built with the runtime's own options (``runtime.bundle.session_options``, at each graph's
-    recorded level), plus ``allow_spinning=0``: idle
-    ORT pools must not busy-wait and steal the cores from the other configurations of an interleaved round.
+    Graphs run on the runtime's own sessions (``Bundle.session``: each graph's recorded level, no spinning, so
+    idle ORT pools do not steal the cores from the other configurations of an interleaved round).
     """
 
     label = "ort-cpu"
@@ -59,19 +58,9 @@ class TimedPipeline(Pipeline):
         super().__init__(bundle, providers, threads)
         self.parts: dict[str, float] = defaultdict(float)  # stage -> seconds, since the last reset
         self.shapes: dict[str, dict[str, tuple[int, ...]]] = {}  # graph -> input shapes of its last call
-        self._sess: dict[str, Any] = {}
-
-    def session(self, graph: str):
-        if graph not in self._sess:
-            import onnxruntime as ort
-
-            opts = session_options(self.bundle.ort_level(graph), self.threads, spinning=False)  # as Bundle.session
-            self._sess[graph] = ort.InferenceSession(str(self.bundle.path(graph)), opts,
-                                                     providers=list(self.providers))
-        return self._sess[graph]
 
     def call(self, graph: str, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        return self.session(graph).run(None, feeds)[0]
+        return self.bundle.session(graph, self.providers, self.threads).run(None, feeds)[0]  # the runtime's session
 
     def run(self, graph: str, **feeds: np.ndarray) -> np.ndarray:
         self.trace.append(graph)

@@ -30,7 +30,7 @@ def _lib(protocol: str):
             import tritonclient.grpc as lib
         else:
             import tritonclient.http as lib
-        from tritonclient.utils import InferenceServerException, np_to_triton_dtype  # noqa: F401
+        from tritonclient.utils import InferenceServerException
     except ImportError as e:
         raise MissingDependencyError(f"tritonclient[{protocol}] is not installed; install it with: "
                                      "pip install 'trml-edge[serve]'") from e

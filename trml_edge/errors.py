@@ -48,6 +48,11 @@ class ServingError(TrmlEdgeError):
     """A Triton repository cannot be built, a server cannot start, or a server answered with an error."""
 
 
+class StreamLimitError(ServingError):
+    """A new stream was refused because the live-stream bound is reached. Retryable: try again after a
+    stream ends or times out (Triton answers it with UNAVAILABLE / HTTP 503)."""
+
+
 class BundleError(TrmlEdgeError):
     """An export bundle is missing files or fails its hash check."""
 

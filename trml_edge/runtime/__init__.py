@@ -5,6 +5,7 @@ Imports numpy and onnxruntime only (plus the package's pure-numpy preprocessing)
 
 from trml_edge.runtime.bundle import Bundle, load_bundle
 from trml_edge.runtime.pipeline import Pipeline, Prediction
+from trml_edge.runtime.stream import Stream
 from trml_edge.tokenizer import BPETokenizer  # a leaf module, shared with the Triton router
 
-__all__ = ["Bundle", "BPETokenizer", "Pipeline", "Prediction", "load_bundle"]
+__all__ = ["Bundle", "BPETokenizer", "Pipeline", "Prediction", "Stream", "load_bundle"]

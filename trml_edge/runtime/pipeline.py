@@ -96,6 +96,14 @@ class Pipeline:
         out = self.head(t, v)[0]
         return Prediction(out, VIRTUAL_MODALITY[scenario], tuple(self.trace))
 
+    # --- a live stream: each frame encoded once, when it arrives (trml_edge/runtime/stream.py) ---
+    def stream(self):
+        """A new ``Stream`` on this pipeline: ``push(frames=None, text=None)`` scores the window at the cost
+        of its new frames."""
+        from trml_edge.runtime.stream import Stream  # stream.py builds on this module, so imported here
+
+        return Stream(self)
+
     # --- a labelled batch (evaluation): each sample routed by its own masks ---
     def predict_batch(self, frames: np.ndarray, frame_mask: np.ndarray, texts: list[str],
                       has_visual: np.ndarray, has_text: np.ndarray, batch: int = 64) -> np.ndarray:

@@ -9,10 +9,11 @@ DEMO_OUT ?= demo_out
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+# Exact versions from constraints.txt (pyproject.toml holds ranges); cpu = the onnxruntime distribution.
+$(STAMP): pyproject.toml constraints.txt setup.py
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
-	$(BIN)/python -m pip install -e '.[train,serve,profile,test]'
+	$(BIN)/python -m pip install -e '.[cpu,train,serve,profile,test]' -c constraints.txt
 	touch $(STAMP)
 
 demo: setup

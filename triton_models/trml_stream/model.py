@@ -1,0 +1,266 @@
+"""The ``trml_stream`` router: live streams scored at the cost of their new frames, on Triton's sequence batcher.
+
+A stream is a Triton sequence: each request carries the sequence id (``CORRID``) with the start and end flags
+(``START``, ``END``: the client's ``sequence_id``, ``sequence_start`` and ``sequence_end``), optional ``FRAMES``
+(uint8 [k, H, W, 3], the new frames only) and optional ``TEXT`` (the current text, when it changed or
+arrived). It gets ``OUTPUT`` and ``VIRTUAL_MODALITY`` for the window: the last ``max_frames`` frames of the
+stream with its last text (``trml_core/streaming.py``, the same module the edge runtime's ``Pipeline.stream()``
+uses).
+
+Per-stream state (the window's frame embeddings, the text and its embedding) lives here, in this instance's
+``StreamTable``: Triton's "oldest" strategy sends every request of a sequence to the same instance and never two
+of one sequence in a batch. An update runs the image encoder on its new frames only, the text encoder only
+when the text changed, then the temporal encoder on the window, the generator of a missing modality and the
+head; each graph once per batch of updates from different streams.
+
+* A stream is freed on its end flag and after ``max_sequence_idle_microseconds`` without an update (a sweeper
+  thread, so an abandoned stream is freed without further traffic).
+* At most ``max_streams`` live streams per instance: a new one beyond gets UNAVAILABLE (HTTP 503, retryable).
+* An update of a stream that is not live (ended, timed out, refused, never started) and a malformed update
+  get INVALID_ARG (HTTP 400); a malformed update changes nothing in its stream.
+* The number of live streams is the gauge ``trml_stream_live_streams`` on Triton's metrics endpoint, with
+  the counter ``trml_stream_events_total`` (event = opened, ended, expired, refused).
+
+Imports numpy and ``triton_python_backend_utils`` only, plus ``trml_bls.py`` and the ``trml_core`` copies that
+``trml-edge triton build`` puts beside this file.
+"""
+
+import asyncio
+import json
+import os
+import sys
+import threading
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if _HERE not in sys.path:
+    sys.path.insert(0, _HERE)
+
+import trml_bls  # noqa: E402  (copied beside this file by triton build)
+from trml_core import errors, graphs, preprocess, routing, streaming, tokenizer  # noqa: E402
+
+STREAM_FILE = "stream.json"  # written by `trml-edge triton build`: graph models, preprocessing, tokenizer
+
+
+def _error(message, code):
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code))
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        cfg = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in cfg.get("parameters", {}).items()}
+        with open(os.path.join(_HERE, STREAM_FILE), encoding="utf-8") as f:
+            conf = json.load(f)
+        pre = conf["preprocess"]
+        self.size, self.mean, self.std = int(pre["image_size"]), pre["mean"], pre["std"]
+        self.max_frames = int(pre["max_frames"])
+        self.models = conf["graph_models"]  # graph name -> Triton model name
+        self.max_batch = {g: int(n) for g, n in conf["graph_max_batch"].items()}
+        self.limits = routing.RequestLimits(
+            max_frames=int(params.get("max_frames_per_request", routing.RequestLimits.max_frames)),
+            max_frame_side=int(params.get("max_frame_side", routing.RequestLimits.max_frame_side)),
+            max_text_bytes=int(params.get("max_text_bytes", routing.RequestLimits.max_text_bytes)),
+        )
+        self.batched = int(cfg.get("max_batch_size", 0)) > 0
+        idle_s = int(cfg["sequence_batching"]["max_sequence_idle_microseconds"]) / 1e6
+        self.table = streaming.StreamTable(self.max_frames, int(params["max_streams"]), idle_s)
+        tok = conf["tokenizer"]
+        self.tokenizer = tokenizer.BPETokenizer(os.path.join(_HERE, tok["file"]), int(tok["context_length"]))
+        labels = {"model": args["model_name"], "instance": args.get("model_instance_name", "")}
+        # the families must outlive their metrics: kept on self
+        self._families = (
+            pb_utils.MetricFamily(name="trml_stream_live_streams", kind=pb_utils.MetricFamily.GAUGE,
+                                  description="Streams live in a trml_stream router instance"),
+            pb_utils.MetricFamily(name="trml_stream_events_total", kind=pb_utils.MetricFamily.COUNTER,
+                                  description="Streams opened, ended, expired (idle) and refused (over the "
+                                              "bound) by a trml_stream router instance"))
+        self.live = self._families[0].Metric(labels=labels)
+        self.events = {e: self._families[1].Metric(labels={**labels, "event": e})
+                       for e in ("opened", "ended", "expired", "refused")}
+        self._counted = {e: 0 for e in self.events}
+        self._metrics_lock = threading.Lock()
+        self._publish()
+        self._stop = threading.Event()
+        self._sweeper = threading.Thread(target=self._sweep, args=(min(1.0, idle_s / 4),), daemon=True)
+        self._sweeper.start()
+
+    def finalize(self):
+        self._stop.set()
+        self._sweeper.join(timeout=5)
+
+    # --- state bookkeeping ---
+    def _sweep(self, period):
+        while not self._stop.wait(period):
+            if self.table.expire():
+                self._publish()
+
+    def _publish(self):
+        t = self.table
+        with self._metrics_lock:
+            self.live.set(len(t))
+            for event, total in (("opened", t.opened), ("ended", t.ended), ("expired", t.expired),
+                                 ("refused", t.refused)):
+                if total > self._counted[event]:
+                    self.events[event].increment(total - self._counted[event])
+                    self._counted[event] = total
+
+    # --- one request ---
+    @staticmethod
+    def _control(request, name):
+        t = pb_utils.get_input_tensor_by_name(request, name)
+        if t is None:
+            raise RuntimeError(f"the sequence batcher gave no {name} control; rebuild the repository")
+        return t.as_numpy().reshape(-1)[0]
+
+    def _inputs(self, request):
+        """(frames [k, H, W, 3] or None, text or None) of one update; raises errors.DataError when malformed."""
+        text_t = pb_utils.get_input_tensor_by_name(request, "TEXT")
+        frames_t = pb_utils.get_input_tensor_by_name(request, "FRAMES")
+        text = frames = None
+        if text_t is not None:
+            raw = text_t.as_numpy()
+            raw = raw if self.batched else raw[None]
+            if raw.shape != (1, 1):
+                raise errors.RequestError(f"TEXT must be one string per stream update, shape [1, 1]; got "
+                                          f"{list(raw.shape)}")
+            text = routing.check_text(raw[0, 0], self.limits)
+        if frames_t is not None:
+            arr = frames_t.as_numpy()
+            arr = arr if self.batched else arr[None]
+            if arr.ndim != 5 or arr.shape[0] != 1:
+                raise errors.RequestError(f"FRAMES must be the new frames of one stream, uint8 [1, k, H, W, 3]; "
+                                          f"got shape {list(arr.shape)}")
+            frames = routing.check_frames(arr[0], self.limits)
+        return frames, text
+
+    # --- BLS ---
+    async def _graph(self, graph, **feeds):
+        """Run one graph model on batched feeds; its only output."""
+        out = graphs.GRAPHS[graph].outputs[0].name
+        res = await trml_bls.call(self.models[graph], feeds, [out], self.max_batch.get(graph, 0))
+        return res[out]
+
+    async def _encode(self, updates):
+        """New frame embeddings per update (or None) and text embeddings per changed text (or None)."""
+        pixels, owners = [], []
+        for k, (_, state, frames, text) in enumerate(updates):
+            if frames is not None:
+                tail = frames[streaming.burst_tail(len(frames), self.max_frames)]
+                pixels.append(preprocess.preprocess(tail, self.size, self.mean, self.std))  # (k, 3, S, S)
+                owners.append(k)
+        texts = [(k, text) for k, (_, state, _, text) in enumerate(updates) if state.text_changes(text)]
+
+        async def image():
+            if not pixels:
+                return None
+            return await self._graph("image_encoder", pixels=np.concatenate(pixels))  # (sum k, D)
+
+        async def text():
+            if not texts:
+                return None
+            tokens = routing.trim_to_eot(self.tokenizer([x for _, x in texts]))
+            return await self._graph("text_encoder", tokens=tokens)  # (changed texts, D)
+
+        emb, t = await asyncio.gather(image(), text())
+        new_emb, new_t = [None] * len(updates), [None] * len(updates)
+        start = 0
+        for k, p in zip(owners, pixels):
+            new_emb[k] = emb[start:start + len(p)]
+            start += len(p)
+        for row, (k, _) in enumerate(texts):
+            new_t[k] = t[row]
+        return new_emb, new_t
+
+    async def _score(self, updates):
+        """updates: [(sid, state, frames, text)] of different streams -> [(output (C,), virtual)], and commits."""
+        new_emb, new_t = await self._encode(updates)
+        n = len(updates)
+        scen = [state.scenario(f is not None, x is not None) for _, state, f, x in updates]
+        tv = [new_t[k] if new_t[k] is not None else updates[k][1].t for k in range(n)]  # (D,) or None
+        v = [None] * n
+        windows = []
+        for k, (_, state, _, _) in enumerate(updates):
+            if scen[k] == routing.VISUAL_MISSING:
+                continue
+            if new_emb[k] is None and state.v is not None:
+                v[k] = state.v  # no new frames: the window's visual embedding is known
+            else:
+                windows.append((k, state.window(new_emb[k])))  # (T, D)
+        if windows:
+            t_max = max(len(w) for _, w in windows)
+            frame_emb = np.zeros((len(windows), t_max, windows[0][1].shape[-1]), np.float32)
+            mask = np.zeros((len(windows), t_max), bool)
+            for row, (_, w) in enumerate(windows):
+                frame_emb[row, :len(w)], mask[row, :len(w)] = w, True
+            out = await self._graph("temporal_encoder", frame_emb=frame_emb, frame_mask=mask)  # (W, D)
+            for row, (k, _) in enumerate(windows):
+                v[k] = out[row]
+        v_window = list(v)  # the window's own visual embedding, kept in the stream
+        vis_missing = [k for k in range(n) if scen[k] == routing.VISUAL_MISSING]
+        txt_missing = [k for k in range(n) if scen[k] == routing.TEXT_MISSING]
+
+        async def generate(graph, rows, src, dst, feed):
+            if rows:
+                out = await self._graph(graph, **{feed: np.stack([src[k] for k in rows]).astype(np.float32)})
+                for row, k in enumerate(rows):
+                    dst[k] = out[row]
+
+        await asyncio.gather(generate("gen_text_to_visual", vis_missing, tv, v, "t"),
+                             generate("gen_visual_to_text", txt_missing, v, tv, "v"))
+        out = await self._graph("fusion_head", t=np.stack(tv).astype(np.float32), v=np.stack(v).astype(np.float32))
+        results = []
+        for k, (_, state, _, text) in enumerate(updates):
+            state.commit(new_emb[k], text, new_t[k], v_window[k] if new_emb[k] is not None else None)
+            results.append((out[k].astype(np.float32), routing.VIRTUAL_MODALITY[scen[k]]))
+        return results
+
+    async def execute(self, requests):
+        responses = [None] * len(requests)
+        updates, members, ends = [], [], []
+        for i, request in enumerate(requests):
+            try:
+                sid = self._control(request, "CORRID")
+                start, end = bool(self._control(request, "START")), bool(self._control(request, "END"))
+            except Exception as e:  # a repository whose config lacks the controls: our fault
+                responses[i] = trml_bls.error_response(e)
+                continue
+            if end:
+                ends.append(sid)  # Triton ends the sequence whatever the answer: so does the router
+            try:
+                state = self.table.open(sid) if start else self.table.get(sid)
+                frames, text = self._inputs(request)
+                if frames is None and text is None:
+                    if not end:
+                        raise errors.RequestError("a stream update needs new FRAMES, a TEXT, or both (a request "
+                                                  "with only the end flag closes the stream)")
+                    if not len(state.frames) and state.text is None:
+                        raise errors.RequestError("the stream ended before it got any FRAMES or TEXT")
+                updates.append((sid, state, frames, text))
+                members.append(i)
+            except errors.StreamLimitError as e:  # over the bound: retryable
+                responses[i] = _error(str(e), pb_utils.TritonError.UNAVAILABLE)
+            except errors.DataError as e:  # the client's mistake: only this request fails, its stream unchanged
+                responses[i] = _error(str(e), pb_utils.TritonError.INVALID_ARG)
+            except Exception as e:
+                responses[i] = trml_bls.error_response(e)
+        if updates:
+            try:
+                results = await self._score(updates)
+            except Exception as e:  # a model down (503) or a fault (500): these updates fail, streams unchanged
+                for i in members:
+                    responses[i] = trml_bls.error_response(e)
+            else:
+                for i, (out, virtual) in zip(members, results):
+                    names = np.array([[virtual.encode("utf-8")]], dtype=object)
+                    out = out[None]  # (1, C)
+                    if not self.batched:
+                        out, names = out[0], names[0]
+                    responses[i] = pb_utils.InferenceResponse(output_tensors=[
+                        pb_utils.Tensor("OUTPUT", out), pb_utils.Tensor("VIRTUAL_MODALITY", names)])
+        for sid in ends:
+            self.table.end(sid)
+        self._publish()
+        return responses

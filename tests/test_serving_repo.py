@@ -85,7 +85,8 @@ def test_configs_match_the_io_declaration_and_the_onnx_graphs(backend, tmp_path)
             assert [2, *t_cfg.dims] == list(got.shape)
         axis_max = manifest["graphs"][name]["profile"][spec.inputs[0].name][2][0]
         assert cfg.max_batch_size == axis_max > 0
-        assert cfg.dynamic_batching.max_queue_delay_microseconds == 100
+        # batched, and an idle model does not wait for company (0 still batches what queues while it is busy)
+        assert cfg.HasField("dynamic_batching") and cfg.dynamic_batching.max_queue_delay_microseconds == 0
         assert len(cfg.instance_group) == 1 and cfg.instance_group[0].count == 1
         kind = cfg.instance_group[0].kind
         assert kind == (mc.ModelInstanceGroup.KIND_GPU if backend == "tensorrt" else mc.ModelInstanceGroup.KIND_CPU)
@@ -123,7 +124,7 @@ def test_settings_from_the_command_line_reach_the_configs(tmp_path):
     res = CliRunner().invoke(app, ["triton", "build", str(bundle("fp32")), "--out", str(out), "--backend",
                                    "onnxruntime", "--instances", "3", "--max-queue-delay-us", "1234", "--max-batch",
                                    "4", "--router-instances", "2", "--router-max-batch", "16", "--max-frame-side",
-                                   "999", "--sequential-branches"])
+                                   "999"])
     assert res.exit_code == 0, res.output
     cfg, _ = _parse(out / "image_encoder" / "config.pbtxt")
     assert (cfg.instance_group[0].count, cfg.dynamic_batching.max_queue_delay_microseconds,
@@ -131,7 +132,6 @@ def test_settings_from_the_command_line_reach_the_configs(tmp_path):
     router, _ = _parse(out / "trml" / "config.pbtxt")
     assert (router.instance_group[0].count, router.max_batch_size) == (2, 16)
     assert router.parameters["max_frame_side"].string_value == "999"
-    assert router.parameters["concurrent_branches"].string_value == "false"
 
 
 def test_tensorrt_backend_without_engines_is_a_clear_error(tmp_path):
@@ -179,8 +179,11 @@ def _imports(path: Path) -> set[tuple[int, str]]:
 
 def test_router_and_its_modules_import_only_numpy_stdlib_and_each_other():
     stdlib = set(sys.stdlib_module_names)
-    allowed = {"numpy", "triton_python_backend_utils", "trml_core"}
-    files = [*core_sources().values(), repository() / "trml" / "1" / "model.py"]
+    allowed = {"numpy", "triton_python_backend_utils", "trml_core", "trml_bls"}
+    files = [*core_sources().values(), repository() / "trml" / "1" / "model.py", repository() / "trml" / "1" /
+             "trml_bls.py"]
+    assert (repository() / "trml" / "1" / "trml_bls.py").read_bytes() == \
+        (Path(__file__).resolve().parents[1] / "triton_models" / "common" / "trml_bls.py").read_bytes()
     for f in files:
         for level, mod in _imports(f):
             if level:  # relative: only the copied siblings
@@ -267,3 +270,129 @@ def test_python_graph_models_use_the_bundles_ort_level(tmp_path):
         levels[name] = cfg.parameters["graph_optimization_level"].string_value
         assert levels[name] == b.ort_level(name)
     assert levels["image_encoder"] == "extended"  # FP16 convolution: the level ORT 1.32 does not crash on
+
+
+# --- one ensemble per scenario, and the configs Triton would refuse ---
+
+# Written out by hand from the design card's data flow (not derived from the generator's own tables): per
+# scenario, each step's model and where each of its inputs comes from ("<in>" = fed by the router).
+EXPECTED_WIRING = {
+    VISUAL_MISSING: {"text_encoder": {"tokens": "<in>"}, "gen_text_to_visual": {"t": "text_encoder"},
+                     "fusion_head": {"t": "text_encoder", "v": "gen_text_to_visual"}},
+    TEXT_MISSING: {"temporal_encoder": {"frame_emb": "<in>", "frame_mask": "<in>"},
+                   "gen_visual_to_text": {"v": "temporal_encoder"},
+                   "fusion_head": {"t": "gen_visual_to_text", "v": "temporal_encoder"}},
+    COMPLETE: {"temporal_encoder": {"frame_emb": "<in>", "frame_mask": "<in>"}, "text_encoder": {"tokens": "<in>"},
+               "fusion_head": {"t": "text_encoder", "v": "temporal_encoder"}},
+}
+
+
+def test_one_ensemble_per_scenario_wired_as_the_design_says():
+    repo = repository()
+    graph_max = {g: _parse(repo / g / "config.pbtxt")[0].max_batch_size for g in GRAPH_NAMES}
+    router = json.loads((repo / "trml" / "1" / "router.json").read_text())
+    for scenario, expected in EXPECTED_WIRING.items():
+        name = f"trml_{scenario}"
+        cfg, mc = _parse(repo / name / "config.pbtxt")
+        assert cfg.platform == "ensemble" and (repo / name / "1").is_dir()
+        steps = {st.model_name: st for st in cfg.ensemble_scheduling.step}
+        assert set(steps) == set(expected), scenario  # the image encoder is the router's own call
+        assert "image_encoder" not in steps
+        produced = {}  # ensemble tensor -> the step that writes it
+        for st in steps.values():
+            for tensor in st.output_map.values():
+                assert tensor not in produced, (scenario, tensor)  # one writer per tensor
+                produced[tensor] = st.model_name
+        ens_inputs = {t.name for t in cfg.input}
+        for model, inputs in expected.items():
+            assert set(steps[model].input_map) == set(inputs), (scenario, model)
+            for model_input, source in inputs.items():
+                tensor = steps[model].input_map[model_input]
+                if source == "<in>":
+                    assert tensor in ens_inputs and tensor not in produced, (scenario, model, tensor)
+                else:
+                    assert produced.get(tensor) == source, (scenario, model, model_input, tensor)
+        assert [t.name for t in cfg.output] == ["output"] and produced["output"] == "fusion_head"
+        assert ens_inputs == {t for ins in expected.values() for t, src in ins.items() if src == "<in>"}
+        assert cfg.max_batch_size == min(graph_max[m] for m in expected)
+        assert router["ensembles"][scenario] == {"model": name, "inputs": [t.name for t in cfg.input],
+                                                 "output": "output", "max_batch": cfg.max_batch_size}
+    assert router["image_encoder"]["model"] == "image_encoder"
+
+
+def test_tensorrt_refuses_cpu_instances_and_a_batch_over_the_engine_profile(tmp_path):
+    from trml_edge.errors import ConfigError
+    from trml_edge.serving.repository import ModelSettings
+
+    src = _tensorrt_bundle()
+    with pytest.raises(ConfigError, match="--kind cpu cannot run TensorRT plans"):
+        build_repository(RepoConfig(bundle=str(src), out=str(tmp_path / "a"), backend="tensorrt",
+                                    graphs=ModelSettings(kind="cpu")))
+    profile_max = json.loads((src / "manifest.json").read_text())["graphs"]["text_encoder"]["profile"]["tokens"][2][0]
+    with pytest.raises(ConfigError, match=f"--max-batch {profile_max + 1} is above the batch size {profile_max}"):
+        build_repository(RepoConfig(bundle=str(src), out=str(tmp_path / "b"), backend="tensorrt",
+                                    graphs=ModelSettings(max_batch_size=profile_max + 1)))
+    assert not list(tmp_path.iterdir())  # nothing half-written
+    # at the profile max it builds; ONNX Runtime graphs have no such limit
+    build_repository(RepoConfig(bundle=str(src), out=str(tmp_path / "c"), backend="tensorrt",
+                                graphs=ModelSettings(max_batch_size=profile_max)))
+    build_repository(RepoConfig(bundle=str(src), out=str(tmp_path / "d"), backend="onnxruntime",
+                                graphs=ModelSettings(max_batch_size=profile_max + 1)))
+
+
+def test_unbatched_graph_models_keep_the_graphs_rank(tmp_path):
+    """--max-batch 0: Triton adds no batch axis, so the dims must carry it (the engine's rank)."""
+    from trml_edge.serving.repository import ModelSettings
+
+    repo = build_repository(RepoConfig(bundle=str(bundle("fp32")), out=str(tmp_path / "r"),
+                                       graphs=ModelSettings(max_batch_size=0)))
+    for name in GRAPH_NAMES:
+        cfg, _ = _parse(repo / name / "config.pbtxt")
+        graph = onnx.load(str(repo / name / "1" / "model.onnx")).graph
+        assert cfg.max_batch_size == 0 and not cfg.HasField("dynamic_batching")
+        for t_cfg, t_onnx in [*zip(cfg.input, graph.input), *zip(cfg.output, graph.output)]:
+            onnx_dims = [d.dim_value if d.dim_value else -1 for d in t_onnx.type.tensor_type.shape.dim]
+            assert len(t_cfg.dims) == len(onnx_dims) and t_cfg.dims[0] == -1, (name, t_cfg.name)
+            assert all(o in (-1, c) for c, o in zip(t_cfg.dims, onnx_dims)), (name, t_cfg.name)
+    for scenario in EXPECTED_WIRING:
+        ens, _ = _parse(repo / f"trml_{scenario}" / "config.pbtxt")
+        assert ens.max_batch_size == 0 and all(t.dims[0] == -1 for t in ens.input)
+
+
+def test_plan_versions_are_recorded_and_checked_against_the_server(tmp_path, monkeypatch):
+    from trml_edge.serving.server import check_plan_versions, plan_loads
+
+    src = tmp_path / "bundle"
+    shutil.copytree(_tensorrt_bundle(), src)
+    m = json.loads((src / "manifest.json").read_text())
+    for g in GRAPH_NAMES:
+        m["engines"][g]["tensorrt"] = "10.3.0"
+    m["engines"]["fusion_head"]["tensorrt"] = "10.4.1"
+    (src / "manifest.json").write_text(json.dumps(m))
+    repo = build_repository(RepoConfig(bundle=str(src), out=str(tmp_path / "repo"), backend="tensorrt"))
+    recorded = json.loads((repo / "trml" / "1" / "router.json").read_text())["tensorrt"]
+    assert recorded["image_encoder"] == {"version": "10.3.0", "version_compatible": False}
+    assert recorded["fusion_head"]["version"] == "10.4.1"
+
+    # a server tree as JetPack lays it out: bin/tritonserver, backends/tensorrt, libnvinfer.so.X.Y.Z
+    server = tmp_path / "triton"
+    (server / "bin").mkdir(parents=True)
+    (server / "bin" / "tritonserver").write_text("#!/bin/sh\n")
+    (server / "backends" / "tensorrt").mkdir(parents=True)
+    (server / "backends" / "tensorrt" / "libnvinfer.so.10.3.0").write_bytes(b"")
+    monkeypatch.setenv("LD_LIBRARY_PATH", "")
+    with pytest.raises(ServingError, match=r"fusion_head with 10\.4\.1, the server loads TensorRT 10\.3\.0.*"
+                                           r"build-engines"):
+        check_plan_versions(repo, server / "bin" / "tritonserver")
+    with pytest.raises(ServingError, match="bundled by nvidia-pytriton has no tensorrt backend"):
+        check_plan_versions(repo, None)
+    (server / "backends" / "tensorrt" / "libnvinfer.so.10.3.0").rename(server / "backends" / "tensorrt" /
+                                                                       "libnvinfer.so.10.4.1")
+    with pytest.raises(ServingError, match=r"image_encoder with 10\.3\.0.*TensorRT 10\.4\.1"):
+        check_plan_versions(repo, server / "bin" / "tritonserver")
+    # the rule itself: exact version, or same major and not older for version-compatible plans
+    assert plan_loads("10.3.0", "10.3.0", False) and not plan_loads("10.3.0", "10.4.0", False)
+    assert plan_loads("10.3.0", "10.8.0", True) and not plan_loads("10.8.0", "10.3.0", True)
+    assert not plan_loads("10.3.0", "11.0.0", True)
+    # a python-backend repository has nothing to check
+    assert check_plan_versions(repository(), None) is None

@@ -48,6 +48,13 @@ class ServingError(TrmlEdgeError):
     """A Triton repository cannot be built, a server cannot start, or a server answered with an error."""
 
 
+class ServingUnavailableError(ServingError):
+    """The server, or a model behind the router, is down or reloading (HTTP 503 / gRPC UNAVAILABLE).
+    Retryable: send the request again shortly."""
+
+    retryable = True
+
+
 class StreamLimitError(ServingError):
     """A new stream was refused because the live-stream bound is reached. Retryable: try again after a
     stream ends or times out (Triton answers it with UNAVAILABLE / HTTP 503)."""

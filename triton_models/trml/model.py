@@ -1,20 +1,31 @@
 """The ``trml`` router: a Triton Python-backend model that routes each request around a missing modality.
 
-Inputs ``TEXT`` (TYPE_STRING) and ``FRAMES`` (TYPE_UINT8, [n, H, W, 3]) are both optional. The router
-checks each request, preprocesses it, and calls the per-graph models through BLS:
+Inputs ``TEXT`` (TYPE_STRING) and ``FRAMES`` (TYPE_UINT8, [n, H, W, 3]) are both optional. The router checks
+each request, preprocesses and tokenizes it, groups the requests Triton hands ``execute`` by scenario, and
+makes one call per group to that scenario's ensemble, which runs the fixed chain of graph models natively
+inside Triton (their embeddings never come back to the router; on a GPU they stay on the device):
 
-* complete: text_encoder and (image_encoder -> temporal_encoder) concurrently, then fusion_head;
-* visual missing: text_encoder -> gen_text_to_visual -> fusion_head (the image encoders never run);
-* text missing: image_encoder -> temporal_encoder -> gen_visual_to_text -> fusion_head.
+* visual missing: ensemble ``trml_visual_missing`` = text_encoder -> gen_text_to_visual -> fusion_head;
+* complete: image_encoder (a BLS call), then ensemble ``trml_complete`` = (temporal_encoder | text_encoder)
+  -> fusion_head;
+* text missing: image_encoder (a BLS call), then ensemble ``trml_text_missing`` = temporal_encoder ->
+  gen_visual_to_text -> fusion_head.
+
+The image encoder is the one graph called on its own: it runs per frame (its batch axis is every frame of
+the group) while the temporal encoder runs per clip, and an ensemble cannot regroup a batch axis. The
+router scatters the frame embeddings into ``[clips, T, D]`` with their mask and tokenizes the text while
+the image encoder runs.
 
 Outputs: ``OUTPUT`` (score [1] or logits [C]) and ``VIRTUAL_MODALITY`` ("", "visual" or "text").
 
-When Triton hands ``execute`` several requests, they are grouped by scenario and each graph is called once
-per group. A malformed request gets an error response (client error, HTTP 400) for itself alone.
+Errors: a malformed request gets INVALID_ARG (HTTP 400) for itself alone; a model behind the router that is
+down or reloading gets UNAVAILABLE (503, retryable, naming the model) for the requests that needed it; any
+other fault INTERNAL (500). The server keeps serving.
 
 Self-contained: it imports numpy and ``triton_python_backend_utils`` only. The routing rules, request checks,
 preprocessing and tokenizer are the package's own torch-free modules, which ``trml-edge triton build``
-copies byte for byte into ``trml_core/`` beside this file, with the bundle's manifest and tokenizer vocabulary.
+copies byte for byte into ``trml_core/`` beside this file with ``trml_bls.py`` (the BLS calls), the bundle's
+manifest and tokenizer vocabulary.
 """
 
 import asyncio
@@ -29,13 +40,10 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
-from trml_core import errors, graphs, preprocess, routing, tokenizer  # noqa: E402  (copies made by triton build)
+import trml_bls  # noqa: E402  (copied beside this file by triton build)
+from trml_core import errors, preprocess, routing, tokenizer  # noqa: E402  (copies made by triton build)
 
-ROUTER_FILE = "router.json"  # written by `trml-edge triton build`: graph models, limits, preprocessing
-
-
-class GraphCallError(Exception):
-    """A per-graph model returned an error: a server-side fault, not the client's."""
+ROUTER_FILE = "router.json"  # written by `trml-edge triton build`: models, limits, preprocessing
 
 
 class TritonPythonModel:
@@ -47,14 +55,13 @@ class TritonPythonModel:
         pre = self.router["preprocess"]
         self.size, self.mean, self.std = int(pre["image_size"]), pre["mean"], pre["std"]
         self.max_frames = int(pre["max_frames"])
-        self.models = self.router["graph_models"]  # graph name -> Triton model name
-        self.max_batch = {g: int(n) for g, n in self.router["graph_max_batch"].items()}
+        self.image = self.router["image_encoder"]  # model, input, output, max_batch
+        self.ensembles = self.router["ensembles"]  # scenario -> model, inputs, output, max_batch
         self.limits = routing.RequestLimits(
             max_frames=int(params.get("max_frames_per_request", routing.RequestLimits.max_frames)),
             max_frame_side=int(params.get("max_frame_side", routing.RequestLimits.max_frame_side)),
             max_text_bytes=int(params.get("max_text_bytes", routing.RequestLimits.max_text_bytes)),
         )
-        self.concurrent = params.get("concurrent_branches", "true").lower() == "true"
         self.batched = int(cfg.get("max_batch_size", 0)) > 0  # else requests carry no batch axis
         tok = self.router["tokenizer"]
         self.tokenizer = tokenizer.BPETokenizer(os.path.join(_HERE, tok["file"]), int(tok["context_length"]))
@@ -89,32 +96,9 @@ class TritonPythonModel:
             frames = [routing.check_frames(a, self.limits) for a in arr]
         return scenario, frames, texts
 
-    # --- BLS ---
-    async def _call(self, graph, feeds):
-        """Run one graph through BLS, in chunks no larger than its max batch; returns its only output."""
-        spec = graphs.GRAPHS[graph]
-        n = len(next(iter(feeds.values())))
-        step = max(1, self.max_batch.get(graph, n) or n)
-        chunks = [{k: v[i:i + step] for k, v in feeds.items()} for i in range(0, n, step)]
-        out_name = spec.outputs[0].name
-
-        async def one(chunk):
-            req = pb_utils.InferenceRequest(
-                model_name=self.models[graph], requested_output_names=[out_name],
-                inputs=[pb_utils.Tensor(t.name, np.ascontiguousarray(chunk[t.name])) for t in spec.inputs])
-            resp = await req.async_exec()
-            if resp.has_error():
-                raise GraphCallError(f"model {self.models[graph]} failed: {resp.error().message()}")
-            return pb_utils.get_output_tensor_by_name(resp, out_name).as_numpy()
-
-        outs = await asyncio.gather(*(one(c) for c in chunks))
-        return outs[0] if len(outs) == 1 else np.concatenate(outs)
-
-    async def _text(self, texts):
-        tokens = routing.trim_to_eot(self.tokenizer(texts))  # (R, L') int64
-        return await self._call("text_encoder", {"tokens": tokens})
-
-    async def _visual(self, frames):
+    # --- the graphs behind each scenario ---
+    async def _image(self, frames):
+        """Frames of every clip of a group -> (frame_emb [B, T, D], frame_mask [B, T]), T = the longest clip."""
         picked = [f[routing.pick_frames(len(f), self.max_frames)] for f in frames]
         t = max(len(p) for p in picked)
         mask = np.zeros((len(picked), t), dtype=bool)
@@ -122,26 +106,30 @@ class TritonPythonModel:
         for i, p in enumerate(picked):  # frames of different requests may differ in size: preprocess each
             mask[i, : len(p)] = True
             pixels.append(preprocess.preprocess(p, self.size, self.mean, self.std))  # (T_i, 3, S, S)
-        emb = await self._call("image_encoder", {"pixels": np.concatenate(pixels)})  # (sum T_i, D)
+        enc = self.image
+        emb = (await trml_bls.call(enc["model"], {enc["input"]: np.concatenate(pixels)}, [enc["output"]],
+                                   enc["max_batch"]))[enc["output"]]  # (sum T_i, D)
         frame_emb = np.zeros((len(picked), t, emb.shape[-1]), dtype=np.float32)
         frame_emb[mask] = emb
-        return await self._call("temporal_encoder", {"frame_emb": frame_emb, "frame_mask": mask})
+        return {"frame_emb": frame_emb, "frame_mask": mask}
 
     async def _group(self, scenario, frames, texts):
-        """Every row of one scenario group -> (R, C) outputs."""
-        if scenario == routing.COMPLETE:
-            if self.concurrent:
-                t, v = await asyncio.gather(self._text(texts), self._visual(frames))
-            else:
-                t = await self._text(texts)
-                v = await self._visual(frames)
-        elif scenario == routing.VISUAL_MISSING:
-            t = await self._text(texts)
-            v = await self._call("gen_text_to_visual", {"t": t})
-        else:
-            v = await self._visual(frames)
-            t = await self._call("gen_visual_to_text", {"v": v})
-        return await self._call("fusion_head", {"t": t.astype(np.float32), "v": v.astype(np.float32)})
+        """Every row of one scenario group -> (R, C) outputs: one ensemble call (after the image encoder)."""
+        feeds = {}
+        image = None
+        if frames is not None:
+            image = asyncio.ensure_future(self._image(frames))
+            await asyncio.sleep(0)  # the image encoder's request is on its way before the text is tokenized
+        try:
+            if texts is not None:
+                feeds["tokens"] = routing.trim_to_eot(self.tokenizer(texts))  # (R, L') int64
+        finally:
+            if image is not None:
+                feeds.update(await image)
+        ens = self.ensembles[scenario]
+        out = await trml_bls.call(ens["model"], {k: feeds[k] for k in ens["inputs"]}, [ens["output"]],
+                                  ens["max_batch"])
+        return out[ens["output"]]
 
     async def execute(self, requests):
         responses = [None] * len(requests)
@@ -153,8 +141,7 @@ class TritonPythonModel:
                 responses[i] = pb_utils.InferenceResponse(
                     error=pb_utils.TritonError(str(e), pb_utils.TritonError.INVALID_ARG))
             except Exception as e:  # a fault of ours while reading it: 500, still only this request
-                responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(
-                    f"trml router: {type(e).__name__}: {e}", pb_utils.TritonError.INTERNAL))
+                responses[i] = trml_bls.error_response(e)
         order = sorted(parsed)
         groups = routing.group_by_scenario([parsed[i][0] for i in order])
 
@@ -164,11 +151,9 @@ class TritonPythonModel:
             texts = [x for i in idx for x in (parsed[i][2] or [])] or None
             try:
                 out = await self._group(scenario, frames, texts)
-            except Exception as e:  # a server-side fault: every request of this group gets it, the server stays up
+            except Exception as e:  # a model down (503) or a fault (500): this group's requests, the server stays up
                 for i in idx:
-                    responses[i] = pb_utils.InferenceResponse(
-                        error=pb_utils.TritonError(f"trml router: {type(e).__name__}: {e}",
-                                                   pb_utils.TritonError.INTERNAL))
+                    responses[i] = trml_bls.error_response(e)
                 return
             virtual = routing.VIRTUAL_MODALITY[scenario].encode("utf-8")
             row = 0

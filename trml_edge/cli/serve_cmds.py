@@ -23,19 +23,18 @@ def build(
                                                "python (ORT inside the Python backend, for CPU-only Triton)"),
     instances: int = typer.Option(1, help="instances of each per-graph model"),
     kind: str = typer.Option("auto", help="per-graph instance kind: cpu | gpu | auto (gpu for tensorrt)"),
-    max_queue_delay_us: int = typer.Option(100, help="how long an idle per-graph model waits to fill a batch (us)"),
+    max_queue_delay_us: int = typer.Option(0, help="how long an idle per-graph model waits to fill a batch (us); "
+                                                   "0 still batches the requests queued while it is busy"),
     max_batch: Optional[int] = typer.Option(None, help="per-graph max_batch_size [default: the bundle's TensorRT "
                                                         "profile max of the batch axis]"),
     router_instances: int = typer.Option(1, help="instances of the trml router"),
     router_max_batch: int = typer.Option(8, help="requests the router takes at once (0: one at a time, without "
                                                  "a batch axis in the request)"),
-    router_queue_delay_us: int = typer.Option(100, help="how long an idle router waits to fill a batch (us)"),
+    router_queue_delay_us: int = typer.Option(0, help="how long an idle router waits to fill a batch (us); 0 "
+                                                      "still batches the requests queued while it is busy"),
     max_frames: int = typer.Option(512, help="frames per request; more are refused (the model sub-samples)"),
     max_frame_side: int = typer.Option(4096, help="largest frame height or width in pixels; larger is refused"),
     max_text_bytes: int = typer.Option(16384, help="largest TEXT in utf-8 bytes; longer is refused"),
-    sequential_branches: bool = typer.Option(False, "--sequential-branches",
-                                             help="run the text and visual branches one after the other "
-                                                  "(default: concurrently, async BLS)"),
     threads: int = typer.Option(0, help="python backend: ORT intra-op threads per graph model (0: ORT default)"),
     force: bool = typer.Option(False, "--force", help="replace an existing repository"),
 ) -> None:
@@ -50,9 +49,10 @@ def build(
         router=ModelSettings(instances=router_instances, kind="cpu", max_queue_delay_us=router_queue_delay_us,
                              max_batch_size=router_max_batch),
         limits=RequestLimits(max_frames=max_frames, max_frame_side=max_frame_side, max_text_bytes=max_text_bytes),
-        concurrent_branches=not sequential_branches, intra_op_threads=threads, force=force)
+        intra_op_threads=threads, force=force)
     repo = build_repository(cfg)
-    typer.echo(f"wrote {repo} ({backend} graphs + trml router); serve it with: trml-edge serve {repo}")
+    typer.echo(f"wrote {repo} ({backend} graphs, one ensemble per scenario, the trml router); serve it with: "
+               f"trml-edge serve {repo}")
 
 
 @app.command()
@@ -67,12 +67,22 @@ def serve(
                                                            "tritonserver"),
     backend_directory: Optional[Path] = typer.Option(None, help="Triton backends [default: beside the binary]"),
     log_file: Optional[Path] = typer.Option(None, help="server log [default: a temporary file, printed]"),
+    supervise: bool = typer.Option(True, "--supervise/--no-supervise",
+                                   help="reload a model whose Python-backend process died (explicit model "
+                                        "control); --no-supervise leaves Triton's default model control"),
 ) -> None:
-    """Start a real tritonserver on REPO, wait until it is ready, and serve until Ctrl-C or SIGTERM."""
-    from trml_edge.serving.server import TritonServer
+    """Start a real tritonserver on REPO, wait until it is ready, and serve until Ctrl-C or SIGTERM.
 
+    A model whose process dies is reloaded (the others keep serving); if tritonserver itself dies, serve
+    exits with status 2 and the reason."""
+    from trml_edge.serving.server import TritonServer, check_plan_versions
+
+    def log(line: str) -> None:
+        typer.echo(f"{time.strftime('%H:%M:%S')} {line}", err=True)
+
+    check_plan_versions(repo, tritonserver, backend_directory)
     srv = TritonServer(repo, http_port or None, grpc_port or None, metrics_port or None, tritonserver,
-                       backend_directory, host, log_file)
+                       backend_directory, host, log_file, supervise=supervise, log=log)
     stop = {"signal": None}
 
     def on_signal(signum, _frame):
@@ -91,7 +101,10 @@ def serve(
         if stop["signal"] is None:
             from trml_edge.errors import ServingError
 
-            raise ServingError(f"tritonserver stopped by itself: {srv.failure()} (log {srv.log_file})")
+            code = srv.proc.returncode if srv.proc is not None else None
+            how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit status {code}"
+            raise ServingError(f"tritonserver stopped by itself ({how}): {srv.failure()}; its models were stopped "
+                               f"with it; start serve again (log {srv.log_file})")
     finally:
         srv.stop()
         for s, h in old.items():
@@ -99,25 +112,49 @@ def serve(
     typer.echo("tritonserver stopped")
 
 
+FRAMES_HELP = "send --video FILE.mp4 or --frames FOLDER (of .png/.jpg images, read in name order)"
+
+
 def _read_frames(video: Optional[Path], frames_dir: Optional[Path]):
+    """The request's frames, uint8 [n, H, W, 3], or None; a bad file or folder is one DataError line."""
     import numpy as np
 
-    from trml_edge.errors import DataError
+    from trml_edge.errors import ClipError, DataError
 
     if video is not None and frames_dir is not None:
         raise DataError("give --video or --frames, not both")
     if video is not None:
         from trml_edge.data.video import read_frames
 
-        frames, mask = read_frames(video, 32)  # spread over the clip; the router keeps the model's max_frames
+        if not video.is_file():
+            raise DataError(f"--video {video}: {'not a file' if video.exists() else 'no such file'}; {FRAMES_HELP}")
+        try:
+            frames, mask = read_frames(video, 32)  # spread over the clip; the router keeps the model's max_frames
+        except ClipError as e:
+            raise DataError(f"--video {video} is not a video this client can decode ({e.kind}); {FRAMES_HELP}") from None
         return frames[mask]
     if frames_dir is not None:
-        from PIL import Image
+        from PIL import Image, UnidentifiedImageError
 
-        files = sorted(p for p in Path(frames_dir).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+        if not frames_dir.is_dir():
+            raise DataError(f"--frames {frames_dir}: {'not a folder' if frames_dir.exists() else 'no such folder'}; "
+                            f"{FRAMES_HELP}")
+        files = sorted(p for p in frames_dir.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
         if not files:
-            raise DataError(f"{frames_dir} holds no .png or .jpg frames; give a folder of images or --video FILE.mp4")
-        return np.stack([np.asarray(Image.open(p).convert("RGB")) for p in files])
+            raise DataError(f"--frames {frames_dir} holds no .png or .jpg frames; {FRAMES_HELP}")
+        images = []
+        for f in files:
+            try:
+                with Image.open(f) as im:
+                    images.append(np.asarray(im.convert("RGB")))
+            except (OSError, UnidentifiedImageError) as e:
+                raise DataError(f"--frames: {f} is not a readable image ({type(e).__name__}); remove it or "
+                                f"replace it; {FRAMES_HELP}") from None
+        sizes = sorted({a.shape for a in images})
+        if len(sizes) > 1:
+            raise DataError(f"--frames {frames_dir}: the frames differ in size ({sizes[0][:2]} and {sizes[-1][:2]}); "
+                            "send frames of one size, as a camera gives them")
+        return np.stack(images)
     return None
 
 

@@ -2,8 +2,10 @@
 
 ``TritonClient("127.0.0.1:8000")`` speaks HTTP (``grpc://host:8001`` speaks gRPC). It is safe to share
 between threads: each thread gets its own connection (tritonclient's HTTP client is not thread safe).
-A client error from the server (HTTP 400 / gRPC INVALID_ARGUMENT) raises ``RequestError``; any other
-failure raises ``ServingError``.
+A client error from the server (HTTP 400 / gRPC INVALID_ARGUMENT) raises ``RequestError``; a model that is
+down or reloading (HTTP 503 / gRPC UNAVAILABLE, or Triton's 500 naming a dead Python-backend process, which
+the server's supervisor is about to reload) raises ``ServingUnavailableError``, which is retryable; any
+other failure raises ``ServingError``.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from trml_edge.errors import MissingDependencyError, MissingModalityError, RequestError, ServingError
+from trml_edge.errors import (MissingDependencyError, MissingModalityError, RequestError, ServingError,
+                              ServingUnavailableError)
 
 ROUTER = "trml"
 
@@ -109,12 +112,22 @@ class TritonClient:
             self._all.clear()
 
 
+CLIENT_ERROR = ("400", "StatusCode.INVALID_ARGUMENT")
+UNAVAILABLE = ("503", "StatusCode.UNAVAILABLE")
+# Triton's own words for a model whose Python-backend process died: the Python backend answers 500 for the
+# requests it had, and the supervisor of `trml-edge serve` reloads the model (docs/serving.md, "Recovery").
+DEAD_PROCESS = "is not healthy"
+
+
 def error_from(e) -> Exception:
-    """tritonclient's exception -> RequestError (the client's fault) or ServingError (the server's)."""
+    """tritonclient's exception -> RequestError (the client's fault), ServingUnavailableError (retryable) or
+    ServingError (the server's fault)."""
     status = str(e.status() or "")
     msg = e.message() if hasattr(e, "message") else str(e)
-    if status in ("400", "StatusCode.INVALID_ARGUMENT"):
+    if status in CLIENT_ERROR:
         err = RequestError(f"the server refused the request: {msg}")
+    elif status in UNAVAILABLE or DEAD_PROCESS in msg:
+        err = ServingUnavailableError(f"the server is reloading a model (status {status}): {msg}; retry shortly")
     else:
         err = ServingError(f"the server failed (status {status or 'unknown'}): {msg}")
     err.status = status

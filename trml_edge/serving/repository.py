@@ -5,16 +5,21 @@
     REPO/
       trml/config.pbtxt              the BLS router: TEXT, FRAMES optional -> OUTPUT, VIRTUAL_MODALITY
       trml/1/model.py                triton_models/trml/model.py
+      trml/1/trml_bls.py             triton_models/common/trml_bls.py: the router's BLS calls
       trml/1/trml_core/*.py          byte-identical copies of the package's torch-free leaf modules
-      trml/1/router.json             graph models, preprocessing, tokenizer, the bundle's identity
+      trml/1/router.json             the models it calls, preprocessing, tokenizer, the bundle's identity
       trml/1/bundle_manifest.json    the bundle's manifest, so a served model traces back to its export
       trml/1/assets/...              the tokenizer vocabulary
       <graph>/config.pbtxt           one model per graph: onnxruntime | tensorrt_plan | python (ORT inside)
       <graph>/1/model.onnx           (model.plan for tensorrt; model.py + model.onnx for python)
+      trml_complete/config.pbtxt     one ensemble per scenario: the fixed chain of graph models behind it
+      trml_visual_missing/...        (platform "ensemble", an empty version folder)
+      trml_text_missing/...
 
 Every ``config.pbtxt`` is built as Triton's own ``ModelConfig`` protobuf from the I/O declaration in
-``trml_edge.graphs`` and the bundle's manifest (dims, TensorRT profiles); no name, dtype or dim is typed
-here a second time. The repository is assembled in a hidden directory beside ``out`` and renamed into place.
+``trml_edge.graphs``, the routes in ``trml_edge.routing`` and the bundle's manifest (dims, TensorRT
+profiles); no name, dtype or dim is typed here a second time. The ensembles are wired by tensor name: a
+graph's input is fed by the graph output of the same name, and a generator's ``x_hat`` stands in for ``x``. The repository is assembled in a hidden directory beside ``out`` and renamed into place.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import trml_edge
 from trml_edge.config import publish_dir
 from trml_edge.errors import ConfigError, MissingDependencyError, ServingError
 from trml_edge.graphs import GRAPH_NAMES, GRAPHS, PROFILES, GraphSpec
-from trml_edge.routing import RequestLimits
+from trml_edge.routing import ROUTES, SCENARIOS, RequestLimits
 
 BACKENDS = ("onnxruntime", "tensorrt", "python")
 ROUTER = "trml"
@@ -39,16 +44,23 @@ CORE_PACKAGE = "trml_core"
 # The package's leaf modules the router needs: numpy + standard library + each other (relative imports) only.
 CORE_MODULES = ("errors", "graphs", "preprocess", "routing", "tokenizer")
 ROUTER_FILE = "router.json"
+BLS_MODULE = "trml_bls.py"  # triton_models/common/: the BLS calls every router makes
+ENSEMBLES = {s: f"{ROUTER}_{s}" for s in SCENARIOS}  # scenario -> its ensemble model
+# Graphs the router calls itself: the image encoder's batch axis is frames, every later graph's is clips, and
+# an ensemble cannot regroup a batch axis.
+ROUTER_CALLS = ("image_encoder",)
 TRITON_DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64", "int32": "TYPE_INT32",
                  "bool": "TYPE_BOOL", "uint8": "TYPE_UINT8"}
 
 
 def templates_dir() -> Path:
-    """The top-level ``triton_models/`` folder of the source tree (an editable or source install)."""
-    root = Path(trml_edge.__file__).resolve().parents[1] / "triton_models"
+    """The ``triton_models/`` templates: the source tree's folder, or its copy in the wheel."""
+    from trml_edge import assets
+
+    root = assets.triton_templates()
     if not (root / ROUTER / "model.py").is_file():
-        raise ServingError(f"the Triton templates are not at {root}; install trml-edge from its source tree "
-                           "(pip install -e .) so that triton_models/ is beside the package")
+        raise ServingError(f"the Triton templates are not at {root}; reinstall trml-edge "
+                           "(pip install --force-reinstall trml-edge, or pip install -e . in a clone)")
     return root
 
 
@@ -64,7 +76,9 @@ class ModelSettings:
 
     instances: int = 1  # model instances (each Python-backend instance is its own process)
     kind: str = "auto"  # cpu | gpu | auto (gpu for tensorrt, cpu otherwise)
-    max_queue_delay_us: int = 100  # how long an idle model waits to fill a batch (adds to batch-1 latency)
+    # how long an idle model waits to fill a batch; it adds to every batch-1 request, and 0 still batches the
+    # requests that queue while the model is busy (measured in docs/serving.md)
+    max_queue_delay_us: int = 0
     max_batch_size: int | None = None  # None: the bundle's TensorRT profile max of the batch axis
 
     def validate(self, where: str) -> None:
@@ -86,9 +100,9 @@ class RepoConfig:
     graphs: ModelSettings = field(default_factory=ModelSettings)  # every per-graph model
     router: ModelSettings = field(default_factory=lambda: ModelSettings(max_batch_size=8))
     limits: RequestLimits = field(default_factory=RequestLimits)  # what one request may carry
-    concurrent_branches: bool = True  # complete requests: text and visual BLS calls issued concurrently
     intra_op_threads: int = 0  # python backend: ORT threads per graph model (0 = ORT's default)
     force: bool = False  # replace an existing repository
+    stream: Any = None  # serving/stream_repo.py StreamSettings of the trml_stream router (None: its defaults)
 
     def validate(self) -> None:
         if self.backend not in BACKENDS:
@@ -97,6 +111,9 @@ class RepoConfig:
         self.router.validate("router")
         if self.router.kind == "gpu":
             raise ConfigError("the router runs on the Python backend; give it kind cpu (its graphs may use the GPU)")
+        if self.backend == "tensorrt" and self.graphs.kind == "cpu":
+            raise ConfigError("--kind cpu cannot run TensorRT plans (Triton's tensorrt backend accepts KIND_GPU "
+                              "only); use --kind gpu or auto, or --backend onnxruntime/python for a CPU box")
         lim = self.limits
         if min(lim.max_frames, lim.max_frame_side, lim.max_text_bytes) < 1:
             raise ConfigError(f"request limits must be positive, got {lim}")
@@ -120,10 +137,12 @@ def _batch_axis(spec: GraphSpec) -> str:
     return next(iter(axes))
 
 
-def _dims(shape: tuple, dims: dict[str, int]) -> list[int]:
-    """A spec shape without its batch axis: model dimensions as numbers, dynamic axes as -1."""
+def _dims(shape: tuple, dims: dict[str, int], batched: bool = True) -> list[int]:
+    """A spec shape as Triton dims: model dimensions as numbers, dynamic axes as -1. A batched model
+    (``max_batch_size`` > 0) leaves out the batch axis, which Triton adds; an unbatched one keeps it, so the
+    rank always equals the graph's (and its engine's)."""
     return [-1 if isinstance(d, str) and d in PROFILES else int(dims[d] if isinstance(d, str) else d)
-            for d in shape[1:]]
+            for d in (shape[1:] if batched else shape)]
 
 
 def _profile_max(entry: dict[str, Any], spec: GraphSpec) -> int:
@@ -150,12 +169,18 @@ def graph_config(spec: GraphSpec, entry: dict[str, Any], dims: dict[str, int], c
         c.parameters["intra_op_threads"].string_value = str(cfg.intra_op_threads)
         c.parameters["graph_optimization_level"].string_value = ort_level  # as the edge runtime's session
     _batch_axis(spec)
-    c.max_batch_size = s.max_batch_size if s.max_batch_size is not None else _profile_max(entry, spec)
+    profile_max = _profile_max(entry, spec)
+    if cfg.backend == "tensorrt" and s.max_batch_size is not None and s.max_batch_size > profile_max:
+        raise ConfigError(f"--max-batch {s.max_batch_size} is above the batch size {profile_max} that {spec.name}'s "
+                          "TensorRT engine was built for (its optimization profile), and Triton would refuse the "
+                          f"model; use --max-batch {profile_max} or less, or re-export with a larger "
+                          "[tensorrt.profiles.batch] max and rebuild the engines")
+    c.max_batch_size = s.max_batch_size if s.max_batch_size is not None else profile_max
     for specs, add in ((spec.inputs, c.input.add), (spec.outputs, c.output.add)):
         for t in specs:
             io = add()
             io.name, io.data_type = t.name, getattr(mc, TRITON_DTYPES[t.dtype])
-            io.dims.extend(_dims(t.shape, dims))
+            io.dims.extend(_dims(t.shape, dims, c.max_batch_size > 0))
     if c.max_batch_size > 0:
         c.dynamic_batching.max_queue_delay_microseconds = s.max_queue_delay_us
     kind = s.kind if s.kind != "auto" else ("gpu" if cfg.backend == "tensorrt" else "cpu")
@@ -191,9 +216,55 @@ def router_config(dims: dict[str, int], cfg: RepoConfig, manifest_sha: str):
     group.count, group.kind = s.instances, mc.ModelInstanceGroup.KIND_CPU
     params = {"max_frames_per_request": cfg.limits.max_frames, "max_frame_side": cfg.limits.max_frame_side,
               "max_text_bytes": cfg.limits.max_text_bytes,
-              "concurrent_branches": str(cfg.concurrent_branches).lower(), "bundle_manifest_sha256": manifest_sha}
+              "bundle_manifest_sha256": manifest_sha}
     for k, v in params.items():
         c.parameters[k].string_value = str(v)
+    return c
+
+
+def _wire(name: str) -> str:
+    """The ensemble tensor a graph output feeds: a generator's virtual ``x_hat`` stands in for ``x``."""
+    return name[: -len("_hat")] if name.endswith("_hat") else name
+
+
+def ensemble_steps(scenario: str) -> tuple[str, ...]:
+    """The graphs of a scenario's ensemble: its route without the graphs the router calls itself."""
+    return tuple(g for g in ROUTES[scenario] if g not in ROUTER_CALLS)
+
+
+def ensemble_io(scenario: str) -> tuple[list, Any]:
+    """(inputs the router feeds, the final output) of a scenario's ensemble, as TensorSpecs."""
+    steps = ensemble_steps(scenario)
+    produced = {_wire(t.name) for g in steps for t in GRAPHS[g].outputs}
+    inputs = {}
+    for g in steps:
+        for t in GRAPHS[g].inputs:
+            if t.name not in produced:
+                inputs.setdefault(t.name, t)
+    return list(inputs.values()), GRAPHS[steps[-1]].outputs[0]
+
+
+def ensemble_config(scenario: str, dims: dict[str, int], graph_max: dict[str, int]):
+    """Triton's ModelConfig of one scenario's ensemble, wired from the I/O declaration and the route."""
+    mc, _ = _pb()
+    steps = ensemble_steps(scenario)
+    batch = min(graph_max[g] for g in steps)  # an ensemble batches no larger than its smallest step
+    if batch == 0 and any(graph_max[g] for g in steps):
+        raise ConfigError("the graph models must all batch (max_batch_size > 0) or none of them may")
+    c = mc.ModelConfig(name=ENSEMBLES[scenario], platform="ensemble", max_batch_size=batch)
+    inputs, final = ensemble_io(scenario)
+    for specs, add in ((inputs, c.input.add), ((final,), c.output.add)):
+        for t in specs:
+            io = add()
+            io.name, io.data_type = t.name, getattr(mc, TRITON_DTYPES[t.dtype])
+            io.dims.extend(_dims(t.shape, dims, batch > 0))
+    for g in steps:
+        step = c.ensemble_scheduling.step.add()
+        step.model_name, step.model_version = g, -1
+        for t in GRAPHS[g].inputs:
+            step.input_map[t.name] = t.name
+        for t in GRAPHS[g].outputs:
+            step.output_map[t.name] = _wire(t.name)
     return c
 
 
@@ -213,6 +284,15 @@ def _model_file(bundle, graph: str, backend: str) -> tuple[Path, str]:
                            f"on the target GPU with `trml-edge build-engines {bundle.root}`, then run triton build "
                            "there, or use --backend onnxruntime or python")
     return bundle.root / engines[graph]["file"], "model.plan"
+
+
+def _plan_versions(bundle) -> dict[str, dict[str, Any]]:
+    """Per graph: the TensorRT version its plan was built with, and whether it is version-compatible."""
+    engines = bundle.manifest.get("engines") or {}
+    return {g: {"version": str(e.get("tensorrt", "")),
+                "version_compatible": bool(e.get("version_compatible") or "VERSION_COMPATIBLE" in
+                                           str(e.get("flags", e.get("build_flags", ""))))}
+            for g, e in engines.items()}
 
 
 def build_repository(cfg: RepoConfig) -> Path:
@@ -247,9 +327,14 @@ def build_repository(cfg: RepoConfig) -> Path:
             graph_max[name] = config.max_batch_size
             write_config(config, tmp / name / "config.pbtxt")
 
+        for scenario, name in ENSEMBLES.items():
+            (tmp / name / "1").mkdir(parents=True)  # an ensemble has no files, but Triton wants a version
+            write_config(ensemble_config(scenario, dims, graph_max), tmp / name / "config.pbtxt")
+
         version = tmp / ROUTER / "1"
         (version / CORE_PACKAGE).mkdir(parents=True)
         shutil.copyfile(templates / ROUTER / "model.py", version / "model.py")
+        shutil.copyfile(templates / "common" / BLS_MODULE, version / BLS_MODULE)
         copies = {}
         for module, src in core_sources().items():
             shutil.copyfile(src, version / CORE_PACKAGE / src.name)
@@ -272,10 +357,20 @@ def build_repository(cfg: RepoConfig) -> Path:
             "task": manifest["model"]["task"], "dims": dims, "preprocess": manifest["preprocess"],
             "tokenizer": {"file": tok["file"], "sha256": tok["sha256"], "context_length": tok["context_length"]},
             "graph_models": {g: g for g in GRAPH_NAMES}, "graph_max_batch": graph_max,
+            "image_encoder": {"model": "image_encoder", "input": GRAPHS["image_encoder"].inputs[0].name,
+                              "output": GRAPHS["image_encoder"].outputs[0].name,
+                              "max_batch": graph_max["image_encoder"]},
+            "ensembles": {s: {"model": ENSEMBLES[s], "inputs": [t.name for t in ensemble_io(s)[0]],
+                              "output": ensemble_io(s)[1].name,
+                              "max_batch": min(graph_max[g] for g in ensemble_steps(s))} for s in SCENARIOS},
+            "tensorrt": _plan_versions(bundle) if cfg.backend == "tensorrt" else {},
             "limits": asdict(cfg.limits), "core_modules": copies,
         }
         (version / ROUTER_FILE).write_text(json.dumps(router, indent=2) + "\n", encoding="utf-8")
         write_config(router_config(dims, cfg, manifest_sha), tmp / ROUTER / "config.pbtxt")
+        from trml_edge.serving.stream_repo import add_stream_router  # the stateful stream router (issue 19)
+
+        add_stream_router(tmp, cfg, bundle, graph_max)
         publish_dir(tmp, out, cfg.force, ServingError, "repository")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -7,6 +7,8 @@ wheel's ``tritonserver/`` tree is copied and the Python-backend stub for this in
 box, ``tritonserver=PATH`` points at the JetPack or system binary (its ``backends/`` is found beside it).
 
 The server runs in its own process group, so stopping it also ends every Python-backend stub it spawned.
+With ``supervise=True`` (what ``trml-edge serve`` does) it runs under explicit model control and a
+``Supervisor`` reloads any model whose Python-backend stub dies (``trml_edge.serving.supervisor``).
 """
 
 from __future__ import annotations
@@ -99,7 +101,7 @@ class TritonServer:
     def __init__(self, repo: str | Path, http_port: int | None = None, grpc_port: int | None = None,
                  metrics_port: int | None = None, tritonserver: str | Path | None = None,
                  backend_directory: str | Path | None = None, host: str = HOST, log_file: str | Path | None = None,
-                 startup_timeout: float = 300.0):
+                 startup_timeout: float = 300.0, supervise: bool = False, log=None):
         self.repo = Path(repo).resolve()
         self.host, self.timeout = host, startup_timeout
         self.ports = {"http": (http_port, "--http-port"), "grpc": (grpc_port, "--grpc-port"),
@@ -108,6 +110,8 @@ class TritonServer:
         self.log_file = Path(log_file) if log_file else None
         self.proc: subprocess.Popen | None = None
         self.http_port = self.grpc_port = self.metrics_port = 0
+        self.supervise, self.log = supervise, log or (lambda line: None)
+        self.supervisor = None
 
     @property
     def url(self) -> str:
@@ -141,6 +145,8 @@ class TritonServer:
                "--metrics-address", self.host, "--metrics-port", str(self.metrics_port),
                "--exit-on-error", "true", "--strict-readiness", "true", "--exit-timeout-secs", "10",
                "--disable-auto-complete-config"]
+        if self.supervise:  # the supervisor reloads a broken model through the repository API
+            cmd += ["--model-control-mode", "explicit", "--load-model", "*"]
         return cmd, env
 
     def start(self) -> TritonServer:
@@ -161,6 +167,10 @@ class TritonServer:
                                    f"triton build` (full log: {self.log_file})")
             try:
                 if _get(f"http://{self.url}/v2/health/ready", timeout=1.0)[0] == 200:
+                    if self.supervise:
+                        from trml_edge.serving.supervisor import Supervisor
+
+                        self.supervisor = Supervisor(self.proc.pid, self.request, self.log).start()
                     return self
             except OSError:
                 pass
@@ -186,11 +196,25 @@ class TritonServer:
             raise ServingError(f"tritonserver answered {status} to the repository index: {body[:200]!r}")
         return json.loads(body)
 
+    def request(self, path: str, data: bytes | None = None, timeout: float = 2.0) -> tuple[int, bytes]:
+        """One HTTP call to the server: (status, body)."""
+        return _get(f"http://{self.url}{path}", data=data, timeout=timeout)
+
+    def ready(self) -> bool:
+        """Triton's own readiness (strict: every model ready)."""
+        try:
+            return self.request("/v2/health/ready", timeout=1.0)[0] == 200
+        except OSError:
+            return False
+
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
     def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM to the server's process group, SIGKILL after ``timeout``; no child is left behind."""
+        if self.supervisor is not None:  # first, or it would "reload" the models the server is stopping
+            self.supervisor.stop()
+            self.supervisor = None
         if self.proc is None:
             return
         pgid = self.proc.pid
@@ -232,3 +256,73 @@ def _group_alive(pgid: int) -> bool:
         return False
     except PermissionError:
         return True
+
+
+# Where a TensorRT runtime library lives on the targets: Triton's NGC container and JetPack install it in the
+# system library folder (``libnvinfer.so.<major>.<minor>.<patch>``); a pip-installed one is on LD_LIBRARY_PATH.
+_LIB_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/local/tensorrt/lib", "/usr/lib")
+
+
+def server_tensorrt_version(backends: Path) -> str | None:
+    """The TensorRT version the server's tensorrt backend loads (from the libnvinfer file name), or None."""
+    dirs = [backends / "tensorrt"]
+    dirs += [Path(p) for p in os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p]
+    dirs += [Path(p) for p in _LIB_DIRS]
+    for d in dirs:
+        found = sorted(d.glob("libnvinfer.so.*.*.*")) if d.is_dir() else []
+        for lib in found:
+            m = re.fullmatch(r"libnvinfer\.so\.(\d+\.\d+\.\d+)(?:\.\d+)*", lib.name)
+            if m:
+                return m.group(1)
+    return None
+
+
+def plan_loads(plan_version: str, server_version: str, version_compatible: bool) -> bool:
+    """Whether a plan built by TensorRT ``plan_version`` deserializes on ``server_version``.
+
+    A plan is tied to the exact TensorRT version that built it (TensorRT developer guide, "Engine
+    compatibility"); one built with the VERSION_COMPATIBLE flag loads on the same or a later version of the
+    same major release.
+    """
+    p, s = plan_version.split(".")[:3], server_version.split(".")[:3]
+    if version_compatible:
+        return p[0] == s[0] and [int(x) for x in s] >= [int(x) for x in p]
+    return p == s
+
+
+def check_plan_versions(repo: str | Path, tritonserver: str | Path | None = None,
+                        backend_directory: str | Path | None = None, log=None) -> str | None:
+    """Refuse a TensorRT repository whose plans the server's TensorRT cannot load; returns the server's version.
+
+    The repository records each plan's TensorRT version (``trml/1/router.json``, from the bundle's manifest).
+    """
+    router = Path(repo) / "trml" / "1" / "router.json"
+    try:
+        plans = json.loads(router.read_text()).get("tensorrt") or {}
+    except (OSError, ValueError):
+        return None  # not a trml repository, or not readable: TritonServer says so when it starts
+    if not plans:
+        return None
+    if tritonserver is None:
+        raise ServingError(f"{repo} holds TensorRT plans, and the tritonserver bundled by nvidia-pytriton has no "
+                           "tensorrt backend; pass --tritonserver PATH (JetPack: /opt/tritonserver/bin/tritonserver, "
+                           "or the NGC Triton container's), or build a --backend python|onnxruntime repository")
+    binary = Path(tritonserver)
+    backends = Path(backend_directory) if backend_directory else binary.resolve().parents[1] / "backends"
+    if not (backends / "tensorrt").is_dir():
+        raise ServingError(f"the server's backends ({backends}) have no tensorrt backend for the plans in {repo}; "
+                           "use a Triton build with it, or a --backend python|onnxruntime repository")
+    server = server_tensorrt_version(backends)
+    if server is None:
+        (log or (lambda line: None))(f"could not tell the server's TensorRT version (no libnvinfer.so.X.Y.Z found); "
+                                    f"the plans were built with {sorted({p['version'] for p in plans.values()})}")
+        return None
+    bad = {g: p["version"] for g, p in plans.items()
+           if not plan_loads(p["version"], server, bool(p.get("version_compatible")))}
+    if bad:
+        built = ", ".join(f"{g} with {v}" for g, v in sorted(bad.items()))
+        raise ServingError(f"TensorRT version mismatch: the plans were built with TensorRT {built}, the server loads "
+                           f"TensorRT {server}; rebuild the engines on this machine with `trml-edge build-engines "
+                           "BUNDLE` (its TensorRT must be the server's) and run triton build again, or build "
+                           "version-compatible plans")
+    return server

@@ -17,7 +17,7 @@ from trml_edge.cli import app
 
 # The demo's INT8 bundle follows the shipped CPU recipe (INT8 encoders, FP32 small graphs), with the demo's
 # own calibration set in place of the recipe's; the fp32 and fp16 bundles take its other export settings.
-INT8_RECIPE = Path(__file__).resolve().parents[2] / "export" / "cpu-int8.toml"
+INT8_RECIPE = Path("cpu-int8")  # by name: export/cpu-int8.toml, or its copy in the wheel
 
 
 def _complete_bundle(path: Path) -> bool:

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from trml_edge.cli import app
+from trml_edge.cli.train_cmds import CACHE_DIR_HELP, PRETRAINED_HELP, clip_weights_source
 
 
 @app.command()
@@ -16,7 +17,9 @@ def features(
     run: Optional[Path] = typer.Option(None, "--run", help="take the backbone, preprocessing and frame count "
                                                            "from this run directory"),
     clip_weights: Optional[Path] = typer.Option(None, help="local CLIP weights file (instead of --run)"),
-    backbone: str = typer.Option("trml-tiny", help="open_clip architecture of --clip-weights"),
+    backbone: str = typer.Option("trml-tiny", help="open_clip architecture of --clip-weights or --pretrained"),
+    pretrained: Optional[str] = typer.Option(None, help=PRETRAINED_HELP + " (instead of --run)"),
+    cache_dir: Optional[Path] = typer.Option(None, help=CACHE_DIR_HELP),
     frames: int = typer.Option(8, help="frames per clip (the model's temporal.max_frames), without --run"),
     cache: Optional[Path] = typer.Option(None, help="cache directory [default: DATA/.trml-features, which "
                                                     "training then uses by itself]"),
@@ -33,15 +36,15 @@ def features(
     from trml_edge.errors import ConfigError
     from trml_edge.train.features import build_features, fingerprint
 
-    if (run is None) == (clip_weights is None):
-        raise ConfigError("give exactly one of --run RUN or --clip-weights PATH (with --backbone ARCH)")
+    if sum(x is not None for x in (run, clip_weights, pretrained)) != 1:
+        raise ConfigError("give exactly one of --run RUN, --clip-weights PATH or --pretrained NAME "
+                          "(with --backbone ARCH)")
     if run is not None:
         model = load_run(run)
     else:
         cfg = TRMLConfig()
-        cfg.backbone.arch = backbone
         cfg.temporal.max_frames = frames
-        model = new_model(cfg, clip_weights)
+        model = new_model(cfg, clip_weights_source(cfg, backbone, clip_weights, pretrained, cache_dir))
     n_frames = model.cfg.temporal.max_frames
     corpus = open_corpus(data, meld_task)
     fp, meta = fingerprint(model, n_frames)

@@ -38,8 +38,11 @@ def profile_cmd(
 ) -> None:
     """Latency vs accuracy per bundle, backend and missing-modality scenario, and a per-graph precision
     recommendation saved as an export recipe (REPORT/recommended.toml)."""
+    from trml_edge.errors import require
     from trml_edge.profile import ProfileConfig, profile
 
+    for module in ("onnx_tool", "matplotlib"):  # before minutes of timing, not at the charts
+        require(module, "profile")
     cfg = ProfileConfig(bundles=[str(b) for b in bundles], out=str(out), data=str(data) if data else None,
                         url=url, url_bundle=url_bundle, batches=_ints(batch, "--batch"),
                         concurrency=_ints(concurrency, "--concurrency"),

@@ -13,14 +13,45 @@ from trml_edge.cli import app
 MODALITY_HELP = "which modality may go missing: visual, text or either"
 
 
+PRETRAINED_HELP = ("pretrained CLIP weights by name: an open_clip tag of --backbone (`trml-edge backbones "
+                   "--pretrained` lists them) or hf-hub:ORG/NAME (its architecture comes with it), through the "
+                   "Hugging Face cache; HF_HUB_OFFLINE=1 reads the cache only")
+CACHE_DIR_HELP = "cache of --pretrained downloads [default: the Hugging Face cache, HF_HOME/hub]"
+
+
+def clip_weights_source(cfg, backbone: str, clip_weights: Optional[Path], pretrained: Optional[str],
+                        cache_dir: Optional[Path]):
+    """The CLIP weights a command starts from: a local file, or pretrained weights by name (whose
+    architecture and preprocessing are written into ``cfg``)."""
+    from trml_edge.errors import ConfigError
+
+    cfg.backbone.arch = backbone
+    if pretrained is None:
+        return clip_weights
+    if clip_weights is not None:
+        raise ConfigError("give --clip-weights FILE or --pretrained NAME, not both")
+    from trml_edge.model.backbone import fetch_pretrained
+
+    found = fetch_pretrained(backbone, pretrained, cache_dir)
+    found.apply(cfg)
+    return found.weights
+
+
 @app.command()
-def backbones() -> None:
-    """List the open_clip architecture names usable as --backbone."""
+def backbones(
+    pretrained: bool = typer.Option(False, "--pretrained", help="also list each architecture's pretrained tags"),
+) -> None:
+    """List the open_clip architecture names usable as --backbone (and their --pretrained tags)."""
     import open_clip
 
     from trml_edge.model import backbone  # noqa: F401  (registers the packaged tiny architecture)
 
-    typer.echo("\n".join(open_clip.list_models()))
+    if not pretrained:
+        typer.echo("\n".join(open_clip.list_models()))
+        return
+    for arch in open_clip.list_models():
+        tags = open_clip.list_pretrained_tags_by_model(arch)
+        typer.echo(f"{arch}: {', '.join(tags) if tags else '-'}")
 
 
 @app.command()
@@ -47,6 +78,8 @@ def train(
     out: Path = typer.Option(..., "--out", help="run directory; an interrupted run there is resumed"),
     backbone: str = typer.Option("trml-tiny", help="open_clip architecture name, JSON file or local-dir:PATH"),
     clip_weights: Optional[Path] = typer.Option(None, help="local file of pretrained CLIP weights"),
+    pretrained: Optional[str] = typer.Option(None, help=PRETRAINED_HELP),
+    cache_dir: Optional[Path] = typer.Option(None, help=CACHE_DIR_HELP),
     freeze_backbone: bool = typer.Option(True, help="keep the CLIP towers frozen"),
     train_missing_rate: float = typer.Option(0.5, help="fraction of training samples missing a modality"),
     train_missing_modality: str = typer.Option("either", help=MODALITY_HELP),
@@ -82,7 +115,7 @@ def train(
 
     mcfg = TRMLConfig(fill=fill, alpha=alpha, tau=tau)
     mcfg.head.task, mcfg.head.num_classes, _ = corpus_task(data, meld_task)
-    mcfg.backbone.arch = backbone
+    weights = clip_weights_source(mcfg, backbone, clip_weights, pretrained, cache_dir)
     mcfg.backbone.freeze = freeze_backbone
     mcfg.head.dropout = dropout
     tcfg = TrainConfig(data=str(data), out=str(out), epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
@@ -90,7 +123,7 @@ def train(
                        max_train=max_train, feature_cache=str(feature_cache) if feature_cache else None,
                        **{k: v for k, v in (("fixed_missing", fixed_missing), ("gen_warmup_epochs", gen_warmup_epochs),
                                             ("pair_data", pair_data), ("gen_init", gen_init)) if v is not None})
-    metrics = run(tcfg, mcfg, clip_weights)
+    metrics = run(tcfg, mcfg, weights)
     if "best_epoch" in metrics:
         typer.echo(f"best epoch {metrics['best_epoch']}, valid score {metrics['valid_score']:.4f}; "
                    f"skipped clips {metrics['skipped_clips']}; run in {out}")

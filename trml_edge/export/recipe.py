@@ -1,6 +1,7 @@
 """Export configuration: one dataclass tree, filled from a recipe TOML file and/or CLI flags.
 
-A recipe (``export/NAME.toml``) holds what a target needs::
+A recipe is a file or the name of a shipped one (``cpu-int8``; ``trml-edge recipes`` lists them, from
+``export/NAME.toml`` in the source tree, packaged in the wheel). It holds what a target needs::
 
     name = "cpu-int8"
     target = "cpu"              # cpu | tensorrt
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trml_edge import assets
 from trml_edge.errors import ConfigError
 from trml_edge.graphs import GRAPH_NAMES, PROFILES, Profile
 from trml_edge.export.onnx_export import DEFAULT_OPSET
@@ -50,7 +52,7 @@ class ExportConfig:
     target: str = "cpu"
     int8_preset: str = "cpu"
     opset: int = DEFAULT_OPSET
-    calibration: str | None = None  # calibration set directory (needed when any graph is INT8)
+    calibration: str | None = None  # calibration set directory or shipped set name (needed when any graph is INT8)
     data: str | None = None  # dataset directory: enables held-out parity inputs and the end-to-end gate
     budgets: dict[str, Budget] = field(default_factory=lambda: dict(DEFAULT_BUDGETS))
     tensorrt: TensorRTConfig = field(default_factory=TensorRTConfig)
@@ -71,6 +73,8 @@ class ExportConfig:
         if "int8" in self.precision.values() and not self.calibration:
             raise ConfigError("INT8 needs a calibration set: pass --calibration DIR (build one with "
                               "`trml-edge calibrate RUN --data DIR --out calibration/NAME`, or use calibration/default)")
+        if self.calibration:  # a shipped set by name (default, calibration/default) from wherever this runs
+            self.calibration = str(assets.calibration(self.calibration))
         if self.ort_optimize and (self.target != "cpu" or self.check_tensorrt):
             raise ConfigError("ort_optimize fuses graphs into ONNX Runtime-only operators (com.microsoft), which "
                               "TensorRT cannot parse: use it with target = \"cpu\" only, without --check-tensorrt "
@@ -91,10 +95,9 @@ def _take(d: dict[str, Any], keys: set[str], where: str) -> None:
 
 
 def apply_recipe(cfg: ExportConfig, path: str | Path) -> ExportConfig:
-    """Read a recipe TOML file into ``cfg`` (CLI flags are applied after, so they win)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"recipe {path} not found; recipes live in export/*.toml")
+    """Read a recipe into ``cfg``: a TOML file, or a shipped recipe's name (CLI flags are applied after, so
+    they win)."""
+    path = assets.recipe(path)
     try:
         r = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as e:

@@ -4,7 +4,8 @@ FLOPs are counted by ``onnx-tool``'s profiler (``pip install 'trml-edge[profile]
 pipeline actually ran with: FLOPs = 2 x its multiply-accumulate count. onnx-tool 1.0.1 cannot shape-infer the
 temporal encoder (its ReduceSum -> Gemm chain fails with "Gemm inputs must have rank >= 2"); for a graph it
 cannot read, the MatMul/Gemm/Conv MACs are counted from ONNX's own shape inference instead, and the report
-says which counter produced each number. QDQ INT8 graphs are counted as they are, Quantize/Dequantize
+says which counter produced each number. A graph neither can count (onnx-tool not installed, and a shape
+ONNX cannot infer) gets NaN FLOPs (null in report.json) with both reasons as its counter, not a crash. QDQ INT8 graphs are counted as they are, Quantize/Dequantize
 included, so their count is a little higher than the FP32 graph's.
 """
 
@@ -94,7 +95,11 @@ def _graph_flops(path: Path, shapes_key: tuple) -> dict[str, object]:
     except Exception as e:  # onnx-tool raises bare Exceptions/AssertionErrors on graphs it cannot read
         reason = f"{type(e).__name__}: {str(e)[:120]}"
         log.debug("onnx-tool failed on %s (%s); counting MatMul/Gemm/Conv", path, reason)
+    try:
         return {"flops": 2.0 * _matmul_macs(path, shapes), "counter": f"matmul-count (onnx-tool failed: {reason})"}
+    except ValueError as e:  # a shape ONNX's inference cannot resolve: no count, and the report says why
+        log.warning("no FLOPs count for %s: onnx-tool failed (%s) and the MatMul count too (%s)", path.name, reason, e)
+        return {"flops": float("nan"), "counter": f"none (onnx-tool failed: {reason}; matmul-count failed: {e})"}
 
 
 def matmul_peak(threads: int = 0, n: int = 1024, min_time: float = 1.0) -> dict[str, float]:

@@ -15,6 +15,9 @@ from typing import Any
 
 from trml_edge.errors import BundleError
 from trml_edge.graphs import GRAPH_NAMES
+from trml_edge.versions import require_onnxruntime
+
+require_onnxruntime()  # any distribution of the onnxruntime module will do; none is a one-line fix
 
 MANIFEST = "manifest.json"
 FORMAT = "trml-edge-bundle"

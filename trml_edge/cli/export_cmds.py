@@ -50,7 +50,8 @@ def export(
     out: Path = typer.Option(..., "--out", help="bundle directory to create"),
     precision: Optional[str] = typer.Option(None, help="fp32 | fp16 | int8 for every graph (overrides the recipe)"),
     target: Optional[str] = typer.Option(None, help="cpu | tensorrt (tensorrt implies the tensorrt INT8 preset)"),
-    recipe: Optional[Path] = typer.Option(None, help="export/NAME.toml: per-graph precision, preset, profiles"),
+    recipe: Optional[Path] = typer.Option(None, help="a shipped recipe's name (`trml-edge recipes`) or a .toml "
+                                                     "file: per-graph precision, preset, profiles"),
     calibration: Optional[Path] = typer.Option(None, help="calibration set for INT8 (see calibration/README.md)"),
     data: Optional[Path] = typer.Option(None, help="dataset: held-out parity inputs + the end-to-end gate"),
     int8_preset: Optional[str] = typer.Option(None, help="cpu | tensorrt"),
@@ -96,6 +97,23 @@ def export(
     if result.manifest["parity"]["end_to_end"]:
         console.print(_e2e_table(result.manifest["parity"]["end_to_end"]))
     typer.echo(f"wrote {out}")
+
+
+@app.command("recipes")
+def recipes_cmd() -> None:
+    """List the shipped export recipes, usable by name: trml-edge export RUN --recipe NAME."""
+    import tomllib
+
+    from trml_edge import assets
+
+    shipped = assets.recipes()
+    width = max(map(len, shipped))
+    for name, path in shipped.items():
+        r = tomllib.loads(path.read_text(encoding="utf-8"))
+        typer.echo(f"{name:{width}s}  {r.get('target', 'cpu'):8s}  {r.get('description', '')}")
+    typer.echo(f"(files in {assets.root() / 'export'}; use one with: trml-edge export RUN --recipe NAME)")
+    typer.echo("calibration sets (--calibration NAME): "
+               + ", ".join(f"{n} ({p})" for n, p in assets.calibration_sets().items()))
 
 
 @app.command("calibrate")

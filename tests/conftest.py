@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+from functools import cache
 
 import pytest
 
@@ -29,3 +31,37 @@ def tiny_cfg():
         return cfg
 
     return make
+
+
+@cache
+def _missing(marker: str) -> str | None:
+    """Why a test with this marker cannot run here (None: it can)."""
+    if marker == "trt":
+        if importlib.util.find_spec("tensorrt") is None:
+            return "TensorRT is not installed (pip install 'trml-edge[trt]' on a GPU machine)"
+        from importlib.metadata import PackageNotFoundError, version
+
+        from trml_edge.export.tensorrt import tensorrt_version_problem
+
+        try:
+            return tensorrt_version_problem(version("tensorrt"))
+        except PackageNotFoundError:  # JetPack's system TensorRT has no pip metadata
+            return None
+    if marker == "gpu":
+        from trml_edge.export.trt_runner import probe_gpu
+
+        gpu, why = probe_gpu()
+        return None if gpu else f"no usable NVIDIA GPU: {why}"
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every gpu/trt test skips itself, with the reason, where its hardware or library is absent, whatever
+    ``-m`` selected it (``pytest -m "not slow"`` replaces the default ``not gpu and not trt`` filter)."""
+    for item in items:
+        for marker in ("trt", "gpu"):
+            if item.get_closest_marker(marker) is not None:
+                why = _missing(marker)
+                if why:
+                    item.add_marker(pytest.mark.skip(reason=why))
+                    break

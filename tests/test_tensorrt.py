@@ -10,7 +10,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from export_fixtures import bundle
+from export_fixtures import ROOT, bundle
 from trml_edge.errors import ExportError, MissingDependencyError
 from trml_edge.export.tensorrt import engine_name, lint_tensorrt
 from trml_edge.runtime.bundle import load_bundle
@@ -30,7 +30,7 @@ def test_lint_passes_on_tensorrt_preset_bundle():
 def test_lint_flags_the_cpu_preset():
     b = load_bundle(bundle("int8-cpu"))
     problems = lint_tensorrt(b.path("image_encoder"), "image_encoder", b.manifest["model"]["dims"])
-    assert any("zero-point" in p for p in problems)
+    assert any("UINT8" in p and "'tensorrt' INT8 preset" in p for p in problems)  # U8 activations
 
 
 def _asymmetric_qdq(path, zero_point: int):
@@ -51,7 +51,7 @@ def _asymmetric_qdq(path, zero_point: int):
 def test_lint_fails_on_hand_made_asymmetric_qdq(tmp_path):
     _asymmetric_qdq(tmp_path / "asym.onnx", 3)
     problems = lint_tensorrt(tmp_path / "asym.onnx")
-    assert len([p for p in problems if "zero-point" in p]) == 2  # the Q and the DQ
+    assert len([p for p in problems if "non-zero zero point" in p]) == 2  # the Q and the DQ
     _asymmetric_qdq(tmp_path / "sym.onnx", 0)
     assert lint_tensorrt(tmp_path / "sym.onnx") == []
 
@@ -87,38 +87,122 @@ def test_build_engines_without_tensorrt_fails_clearly_and_writes_no_engine():
     assert json.loads((path / "manifest.json").read_text())["engines"] == {}
 
 
-@pytest.mark.gpu
-@pytest.mark.trt
-def test_build_engines_on_gpu_matches_onnxruntime(tmp_path):
+def test_build_engines_lints_before_it_needs_tensorrt():
+    """The CPU preset's asymmetric UINT8 activations fail on the exporting machine, naming the node and the fix."""
+    from trml_edge.export.tensorrt import build_engines
+
+    with pytest.raises(ExportError, match="cannot be built by TensorRT.*'tensorrt' INT8 preset"):
+        build_engines(bundle("int8-cpu"))
+
+
+def test_supported_range_is_the_pyproject_pin():
+    import tomllib
+
+    from trml_edge.export.tensorrt import TRT_REQUIREMENT, tensorrt_version_problem
+
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["trt"]
+    assert TRT_REQUIREMENT in extra
+    for ok in ("10.1.0", "10.3.0.30", "10.13.2", "11.0.0", "11.4.1.7"):
+        assert tensorrt_version_problem(ok) is None, ok
+    for bad in ("8.6.1", "10.0.1.6", "12.0.0"):
+        assert "outside the supported range" in tensorrt_version_problem(bad), bad
+
+
+def test_network_is_strongly_typed_on_10x_and_11x():
+    """STRONGLY_TYPED is bit 0 of NetworkDefinitionCreationFlag in 10.x (its Python API docs); 11.x keeps it as
+    an ignored, deprecated member, and a later 11.x may drop it (every network is strongly typed there)."""
+    from types import SimpleNamespace
+
+    from trml_edge.export.tensorrt import network_flags
+
+    ten = SimpleNamespace(__version__="10.3.0", NetworkDefinitionCreationFlag=SimpleNamespace(STRONGLY_TYPED=0))
+    assert network_flags(ten) == 1
+    eleven = SimpleNamespace(__version__="11.4.0", NetworkDefinitionCreationFlag=SimpleNamespace())
+    assert network_flags(eleven) == 0
+    with pytest.raises(ExportError, match="strongly typed"):
+        network_flags(SimpleNamespace(__version__="10.3.0", NetworkDefinitionCreationFlag=SimpleNamespace()))
+
+
+def test_engine_parity_inputs_follow_the_manifest():
+    """The target parity gate feeds each graph at its profile's 'opt' shape, tokens from the bundle's tokenizer."""
+    from trml_edge.export.tensorrt import sample_feeds
+
+    b = load_bundle(bundle("fp16"))
+    for graph, entry in b.graphs.items():
+        feeds = sample_feeds(b, graph)
+        ref = b.session(graph).run(None, feeds)[0]  # ORT accepts them: right names, dtypes and ranks
+        assert np.isfinite(ref).all(), graph
+        for t in entry["inputs"]:
+            assert feeds[t["name"]].dtype == np.dtype(t["dtype"]), (graph, t["name"])
+            if t["name"] != "tokens":  # tokens are trimmed to their longest EOT, as the runtime does
+                assert list(feeds[t["name"]].shape) == entry["profile"][t["name"]][1], (graph, t["name"])
+    tokens = sample_feeds(b, "text_encoder")["tokens"]
+    assert (tokens[:, 0] == b.manifest["tokenizer"]["sot_id"]).all()
+    assert (tokens == b.manifest["tokenizer"]["eot_id"]).sum(axis=1).tolist() == [1] * len(tokens)
+
+
+def _build_and_check(tmp_path, kind: str, precision: str, tf32: bool = True):
     import shutil
 
     import tensorrt as trt
-    import torch
 
     from trml_edge.export.tensorrt import build_engines
 
-    path = tmp_path / "b"
-    shutil.copytree(bundle("int8-trt"), path)
-    engines = build_engines(path)
-    assert set(engines) == set(load_bundle(path).graphs)
+    path = tmp_path / kind
+    shutil.copytree(bundle(kind), path)
+    engines = build_engines(path, tf32=tf32)
     b = load_bundle(path)
+    assert set(engines) == set(b.graphs)
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert manifest["engines"] == json.loads(json.dumps(engines))
     for graph, entry in engines.items():
         plan = path / entry["file"]
         assert plan.is_file() and entry["tensorrt"] == trt.__version__ and entry["compute_capability"] in plan.name
+        assert entry["gpu"]["name"] and entry["gpu"]["compute_capability"]
+        assert entry["build_flags"]["strongly_typed"] and entry["build_flags"]["precision_flags"] == []
+        assert entry["build_flags"]["tf32"] is tf32
+        assert entry["parity"]["ok"], (graph, entry["parity"])
+        assert entry["precision"] == b.graphs[graph]["precision"]
+    assert {e["precision"] for e in engines.values()} >= {precision}
     assert (path / engines["image_encoder"]["timing_cache"]).is_file()
-    # run the image encoder engine and compare with ORT on the same pixels
-    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-    engine = runtime.deserialize_cuda_engine((path / engines["image_encoder"]["file"]).read_bytes())
-    ctx = engine.create_execution_context()
-    pixels = np.random.default_rng(0).standard_normal((4, 3, 48, 48)).astype(np.float32)
-    x = torch.from_numpy(pixels).cuda()
-    y = torch.empty((4, b.manifest["model"]["dims"]["embed"]), device="cuda")
-    ctx.set_input_shape("pixels", tuple(x.shape))
-    ctx.set_tensor_address("pixels", x.data_ptr())
-    ctx.set_tensor_address("frame_emb", y.data_ptr())
-    stream = torch.cuda.current_stream()
-    assert ctx.execute_async_v3(stream.cuda_stream)
-    stream.synchronize()
-    ref = b.session("image_encoder").run(None, {"pixels": pixels})[0]
-    cos = (y.cpu().numpy() * ref).sum(-1) / np.linalg.norm(ref, axis=-1) / np.linalg.norm(y.cpu().numpy(), axis=-1)
-    assert cos.min() > 0.98
+    return path, engines
+
+
+def _engine_vs_ort(path, graph: str, budget_cos: float):
+    """The engine, run by our own runner on fresh inputs, against ONNX Runtime on the same graph."""
+    import tensorrt as trt
+
+    from trml_edge.export.tensorrt import sample_feeds
+    from trml_edge.export.trt_runner import EngineRunner, compare
+
+    b = load_bundle(path)
+    feeds = sample_feeds(b, graph, seed=7)
+    with EngineRunner(trt, path / b.manifest["engines"][graph]["file"]) as runner:
+        got = runner.run(feeds)[b.graphs[graph]["outputs"][0]["name"]]
+    res = compare(b.session(graph).run(None, feeds)[0], got)
+    assert res["min_cos"] >= budget_cos, (graph, res)
+
+
+@pytest.mark.gpu
+@pytest.mark.trt
+def test_fp16_engines_build_strongly_typed_and_match_onnxruntime(tmp_path):
+    """The FP16 path that broke on TensorRT 11 (BuilderFlag.FP16 is gone): strongly typed from the FP16 ONNX."""
+    path, engines = _build_and_check(tmp_path, "fp16", "fp16")
+    assert {e["precision"] for e in engines.values()} == {"fp16"}
+    for graph in engines:
+        _engine_vs_ort(path, graph, 0.999)
+
+
+@pytest.mark.gpu
+@pytest.mark.trt
+def test_int8_qdq_engines_build_strongly_typed_and_match_onnxruntime(tmp_path):
+    path, engines = _build_and_check(tmp_path, "int8-trt", "int8")
+    _engine_vs_ort(path, "image_encoder", 0.98)
+
+
+@pytest.mark.gpu
+@pytest.mark.trt
+def test_fp32_engines_without_tf32_stay_within_the_fp32_budget(tmp_path):
+    path, engines = _build_and_check(tmp_path, "fp32", "fp32", tf32=False)
+    for graph in engines:
+        _engine_vs_ort(path, graph, 0.99999)

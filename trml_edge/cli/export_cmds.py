@@ -142,9 +142,13 @@ def calibrate(
 def build_engines_cmd(
     bundle: Path = typer.Argument(..., help="export bundle (built with --target tensorrt)"),
     workspace: Optional[int] = typer.Option(None, "--workspace", help="builder workspace in MiB (default: recipe's)"),
+    tf32: bool = typer.Option(True, "--tf32/--no-tf32", help="let FP32 layers use TF32 tensor cores (Ampere+); "
+                              "the parity gate on this GPU judges the result with the FP32 budget"),
 ) -> None:
-    """Build TensorRT engines for every graph of BUNDLE on this GPU (needs the optional "trt" extra)."""
+    """Lint, build and parity-check a TensorRT engine for every graph of BUNDLE on this GPU (strongly typed
+    networks, TensorRT 10.1-11.x; needs the optional "trt" extra)."""
     from trml_edge.export.tensorrt import build_engines
 
-    engines = build_engines(bundle, workspace)
-    typer.echo(json.dumps({g: e["file"] for g, e in engines.items()}, indent=2))
+    engines = build_engines(bundle, workspace, tf32=tf32)
+    typer.echo(json.dumps({g: {"file": e["file"], "tensorrt": e["tensorrt"], "gpu": e["gpu"]["name"],
+                               "parity_max_abs": e["parity"]["max_abs"]} for g, e in engines.items()}, indent=2))

@@ -46,6 +46,7 @@ class Int8Preset:
     op_types: tuple[str, ...]  # only these ops get quantized inputs; everything else stays in float
     calibrate_method: str  # "MinMax", "Entropy" or "Percentile"
     quantize_attention: bool = True  # also the activation x activation MatMuls (Q.K^T, softmax.V), not only weights
+    quantize_bias: bool = True  # ORT's INT32 bias + DequantizeLinear; TensorRT dequantizes only INT8/FP8/INT4
 
     def validate(self) -> None:
         if self.activation_type not in ("uint8", "int8") or self.weight_type not in ("uint8", "int8"):
@@ -85,6 +86,10 @@ class Int8Preset:
             reduce_range=False,  # GPUs have native int8 dot products; no overflow workaround needed
             op_types=("MatMul", "Gemm", "Conv"),  # LayerNorm, Softmax and residual Adds stay in higher precision
             calibrate_method="MinMax",
+            # an INT32 bias behind a DequantizeLinear fails TensorRT's parser ("only activation types allowed as
+            # input to this layer"; onnx-tensorrt 10.1 operators.md: DequantizeLinear takes INT8, FP8, INT4):
+            # biases stay float and TensorRT fuses them into the INT8 layer itself
+            quantize_bias=False,
         )
 
     @classmethod
@@ -183,6 +188,7 @@ def to_int8(src: Path, dst: Path, preset: Int8Preset, calibration: dict[str, np.
                 "WeightSymmetric": preset.symmetric_weights,
                 "AddQDQPairToWeight": preset.qdq_on_weights,
                 "DedicatedQDQPair": preset.qdq_on_weights,  # TensorRT wants one Q/DQ pair per consumer
+                "QuantizeBias": preset.quantize_bias,
             },
         )
     except Exception as e:  # ORT's quantizer raises plain Exceptions with the reason in the message

@@ -1,0 +1,167 @@
+"""The CUDA side of the engines: which GPU this is, and running one TensorRT engine on numpy inputs.
+
+CUDA is reached through NVIDIA's ``cuda-python`` bindings (``cuda.bindings.driver`` / ``.runtime``, in the
+``[trt]`` extra), the binding TensorRT's own Python samples use (``samples/python/common_runtime.py``).
+It was chosen over Polygraphy's ``TrtRunner`` because the timing and the parity check need exactly one
+context, one stream and reusable device buffers per graph, with the input-shape call per request that
+the dynamic profiles need; cuda-python gives that in a few calls whose statuses are all checked here,
+while Polygraphy adds its own runner layer (and its own CUDA wrapper) between us and the engine. No CUDA
+function is bound by hand.
+
+Every CUDA call returns ``(status, *values)``; ``_ok`` turns a failed status into ``ExportError`` with the
+call's name, so nothing proceeds on an ignored error. GPU-only lines follow:
+
+* CUDA Driver API reference (cuInit, cuDeviceGetCount, cuDeviceGet, cuDeviceGetName, cuDeviceGetAttribute
+  with CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR/MINOR, cuDeviceTotalMem, cuDriverGetVersion);
+* TensorRT Python API, ``ICudaEngine``/``IExecutionContext`` (10.x name-based I/O, unchanged in 11.x):
+  ``num_io_tensors``, ``get_tensor_name``, ``get_tensor_mode``, ``get_tensor_dtype``, ``set_input_shape``
+  (returns False for a shape outside the profile), ``get_tensor_shape``, ``set_tensor_address``,
+  ``execute_async_v3`` (returns False on failure); TensorRT developer guide, "Performing Inference".
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trml_edge.errors import ExportError, MissingDependencyError
+
+CUDA_FIX = "install the NVIDIA driver, and cuda-python with pip install 'trml-edge[trt]'"
+
+
+def _cuda():
+    try:
+        from cuda.bindings import driver, runtime
+    except ImportError as e:
+        raise MissingDependencyError("cuda-python is not installed (or older than 12.6.1, without cuda.bindings); "
+                                     "install it with: pip install 'trml-edge[trt]'") from e
+    return driver, runtime
+
+
+def _ok(result, call: str):
+    """``(status, *values)`` of a cuda-python call -> the values; a failed status raises ExportError."""
+    status, *values = result if isinstance(result, tuple) else (result,)
+    if int(status) != 0:
+        raise ExportError(f"CUDA call {call} failed with {getattr(status, 'name', status)}; check the driver "
+                          "(nvidia-smi, or tegrastats on Jetson) and that no other process holds the GPU")
+    return values[0] if len(values) == 1 else tuple(values)
+
+
+def cuda_device(index: int = 0) -> dict[str, Any]:
+    """Name, compute capability, memory and driver CUDA version of GPU ``index``; ExportError when none."""
+    cu, _ = _cuda()
+    try:
+        status = cu.cuInit(0)[0]
+    except RuntimeError as e:  # cuda.pathfinder: the driver library (libcuda) is not on this machine
+        raise ExportError(f"no NVIDIA driver here ({e}); TensorRT engines are built and run on the GPU target: "
+                          "run this there") from e
+    if int(status) != 0:
+        raise ExportError(f"the CUDA driver found no usable GPU (cuInit: {getattr(status, 'name', status)}); "
+                          "run this on the GPU target")
+    count = _ok(cu.cuDeviceGetCount(), "cuDeviceGetCount")
+    if index >= count:
+        raise ExportError(f"GPU {index} does not exist ({count} found); pick one with CUDA_VISIBLE_DEVICES")
+    dev = _ok(cu.cuDeviceGet(index), "cuDeviceGet")
+    name = _ok(cu.cuDeviceGetName(256, dev), "cuDeviceGetName")
+    attr = cu.CUdevice_attribute
+    major = _ok(cu.cuDeviceGetAttribute(attr.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, dev), "cuDeviceGetAttribute")
+    minor = _ok(cu.cuDeviceGetAttribute(attr.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, dev), "cuDeviceGetAttribute")
+    total = _ok(cu.cuDeviceTotalMem(dev), "cuDeviceTotalMem")
+    version = _ok(cu.cuDriverGetVersion(), "cuDriverGetVersion")  # e.g. 12080 -> CUDA 12.8
+    name = name.split(b"\0", 1)[0].decode(errors="replace") if isinstance(name, bytes) else str(name)
+    return {"index": index, "name": name, "compute_capability": f"{major}.{minor}", "sm": f"sm{major}{minor}",
+            "memory_mib": int(total) >> 20, "driver_cuda": f"{int(version) // 1000}.{int(version) % 1000 // 10}"}
+
+
+def probe_gpu() -> tuple[dict[str, Any] | None, str]:
+    """(device, "") or (None, why not): never raises, for doctor, pytest's skips and profile's SKIPPED rows."""
+    try:
+        return cuda_device(0), ""
+    except (ExportError, MissingDependencyError) as e:
+        return None, str(e)
+
+
+def compare(ref: np.ndarray, got: np.ndarray) -> dict[str, float]:
+    """max |ref - got| and the smallest row cosine, as ``trml_edge.export.parity.compare`` computes them (that
+    module imports torch, which a GPU target need not have)."""
+    ref, got = np.asarray(ref, np.float64), np.asarray(got, np.float64)
+    if ref.shape != got.shape:
+        return {"max_abs": float("inf"), "min_cos": -1.0}
+    a, b = (ref, got) if ref.ndim > 1 and ref.shape[-1] > 1 else (ref.reshape(1, -1), got.reshape(1, -1))
+    den = np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)
+    cos = np.where(den > 0, (a * b).sum(-1) / np.maximum(den, 1e-30), 1.0)
+    return {"max_abs": float(np.abs(ref - got).max()), "min_cos": float(cos.min())}
+
+
+class EngineRunner:
+    """One deserialized engine with one execution context, one CUDA stream and device buffers that grow to
+    the largest shape seen. ``run`` copies the inputs in, runs, copies the outputs back and synchronizes the
+    stream, so the time around it is the graph's end-to-end time on the device."""
+
+    def __init__(self, trt, plan: str | Path):
+        _, self.rt = _cuda()
+        self.trt = trt
+        self.engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(Path(plan).read_bytes())
+        if self.engine is None:
+            raise ExportError(f"TensorRT {trt.__version__} could not load {plan}: engines are tied to the TensorRT "
+                              "version and GPU that built them; rebuild with `trml-edge build-engines BUNDLE`")
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.outputs = [n for n in names if n not in self.inputs]
+        self.dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in names}
+        self.stream = _ok(self.rt.cudaStreamCreate(), "cudaStreamCreate")
+        self.buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, bytes)
+
+    def _buffer(self, name: str, nbytes: int) -> int:
+        ptr, size = self.buffers.get(name, (0, 0))
+        if nbytes > size:
+            if ptr:
+                _ok(self.rt.cudaFree(ptr), "cudaFree")
+            ptr = _ok(self.rt.cudaMalloc(max(nbytes, 1)), "cudaMalloc")
+            self.buffers[name] = (int(ptr), nbytes)
+        return self.buffers[name][0]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rt, ctx = self.rt, self.context
+        h2d, d2h = rt.cudaMemcpyKind.cudaMemcpyHostToDevice, rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        keep = []  # host arrays must live until the stream is synchronized
+        for name in self.inputs:
+            arr = np.ascontiguousarray(feeds[name], dtype=self.dtypes[name])
+            keep.append(arr)
+            if not ctx.set_input_shape(name, arr.shape):
+                raise ExportError(f"input {name} shape {arr.shape} is outside the engine's optimization profile; "
+                                  "rebuild the bundle with a recipe whose [tensorrt.profiles] cover it")
+            ptr = self._buffer(name, arr.nbytes)
+            _ok(rt.cudaMemcpyAsync(ptr, arr.ctypes.data, arr.nbytes, h2d, self.stream), "cudaMemcpyAsync")
+            ctx.set_tensor_address(name, ptr)
+        outs = {}
+        for name in self.outputs:
+            shape = tuple(ctx.get_tensor_shape(name))
+            if any(d < 0 for d in shape):
+                raise ExportError(f"output {name} has an unresolved shape {shape}; every input shape must be set")
+            outs[name] = np.empty(shape, self.dtypes[name])
+            ctx.set_tensor_address(name, self._buffer(name, outs[name].nbytes))
+        if not ctx.execute_async_v3(self.stream):
+            raise ExportError("TensorRT execute_async_v3 failed; see the TensorRT log above")
+        for name, arr in outs.items():
+            _ok(rt.cudaMemcpyAsync(arr.ctypes.data, self.buffers[name][0], arr.nbytes, d2h, self.stream),
+                "cudaMemcpyAsync")
+        _ok(rt.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
+        return outs
+
+    def close(self) -> None:
+        for ptr, _ in self.buffers.values():
+            _ok(self.rt.cudaFree(ptr), "cudaFree")
+        self.buffers = {}
+        if self.stream is not None:
+            _ok(self.rt.cudaStreamDestroy(self.stream), "cudaStreamDestroy")
+            self.stream = None
+
+    def __enter__(self) -> EngineRunner:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -281,3 +281,51 @@ def test_load_200_streams_of_10_updates_at_concurrency_8(srv, pipe):
     assert rss_after <= rss_warm + max(50.0, 0.10 * rss_warm), (rss_warm, rss_after)
     print(f"200 streams x 10 updates at concurrency 8: {took:.1f} s, RSS {rss_warm:.0f} -> {rss_after:.0f} MB")
     c.close()
+
+
+def _cli(*args: str):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "trml_edge", "client", *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_client_streams_a_video_file(srv, pipe, tmp_path):
+    """`trml-edge client URL --stream VIDEO --fps 2 --text T` on an mp4 written by PyAV: one line per update,
+    each equal to the runtime's stream over the same frames."""
+    import av
+
+    from trml_edge.data.video import write_mp4
+
+    rng = np.random.default_rng(3)
+    clip = rng.integers(0, 256, (12, 48, 64, 3), dtype=np.uint8)
+    path = tmp_path / "clip.mp4"
+    write_mp4(path, clip, fps=4)  # 12 frames at 4 fps: 3 s of video
+    with av.open(str(path)) as c:  # the decoded frames and their times, read independently of the client
+        decoded = [(float(f.time), f.to_ndarray(format="rgb24")) for f in c.decode(video=0)]
+    taken = [(t, f) for t, f in decoded if abs(t * 2 - round(t * 2)) < 1e-6]  # 2 per second: t = 0, 0.5, ...
+    assert len(taken) == 6
+    ref = pipe.stream()
+    want = [ref.push(f[None], "a stream from a file" if i == 0 else None) for i, (_, f) in enumerate(taken)]
+    res = _cli(srv.url, "--stream", str(path), "--fps", "2", "--text", "a stream from a file")
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.strip().splitlines()
+    assert len(lines) == len(taken)
+    for line, (t, _), w in zip(lines, taken, want):
+        m = re.match(r"t=\s*(\S+)s\s+score=(\S+)\s+virtual_modality=(\S+)$", line)
+        assert m, line
+        assert abs(float(m.group(1)) - t) < 0.01
+        assert abs(float(m.group(2)) - float(w.output)) <= 5e-5 + TOL  # printed with 4 decimals
+        assert m.group(3) == (w.virtual_modality or "-")
+    assert live(srv) == 0  # the client ended its stream
+    # without text the stream is text-missing throughout
+    res = _cli(srv.url, "--stream", str(path), "--fps", "1")
+    assert res.returncode == 0 and len(res.stdout.splitlines()) == 3
+    assert all(line.endswith("virtual_modality=text") for line in res.stdout.splitlines())
+    # a file that is not a video: one line naming it, exit status 2
+    bad = tmp_path / "notes.mp4"
+    bad.write_text("not a video")
+    res = _cli(srv.url, "--stream", str(bad))
+    assert res.returncode == 2 and str(bad) in res.stderr and "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr

@@ -37,6 +37,14 @@ def build(
     max_text_bytes: int = typer.Option(16384, help="largest TEXT in utf-8 bytes; longer is refused"),
     threads: int = typer.Option(0, help="python backend: ORT intra-op threads per graph model (0: ORT default)"),
     force: bool = typer.Option(False, "--force", help="replace an existing repository"),
+    stream_max_streams: int = typer.Option(256, help="trml_stream: live streams per router instance; a new one "
+                                                     "beyond is refused with 503 (retryable)"),
+    stream_idle_timeout: float = typer.Option(30.0, help="trml_stream: seconds without an update after which a "
+                                                          "stream is freed"),
+    stream_queue_delay_us: int = typer.Option(0, help="trml_stream: how long an idle stream router waits to "
+                                                      "batch updates of several streams (us)"),
+    streams: bool = typer.Option(True, "--streams/--no-streams", help="write the trml_stream router (live "
+                                                                       "streams on Triton's sequence batcher)"),
 ) -> None:
     """Generate a Triton model repository from BUNDLE: one model per graph plus the `trml` BLS router."""
     from trml_edge.routing import RequestLimits
@@ -50,6 +58,10 @@ def build(
                              max_batch_size=router_max_batch),
         limits=RequestLimits(max_frames=max_frames, max_frame_side=max_frame_side, max_text_bytes=max_text_bytes),
         intra_op_threads=threads, force=force)
+    from trml_edge.serving.stream_repo import StreamSettings
+
+    cfg.stream = StreamSettings(enabled=streams, max_streams=stream_max_streams, idle_timeout_s=stream_idle_timeout,
+                                max_queue_delay_us=stream_queue_delay_us)
     repo = build_repository(cfg)
     typer.echo(f"wrote {repo} ({backend} graphs, one ensemble per scenario, the trml router); serve it with: "
                f"trml-edge serve {repo}")
@@ -165,8 +177,18 @@ def client(
     video: Optional[Path] = typer.Option(None, help="an mp4 clip (frames decoded with PyAV)"),
     frames: Optional[Path] = typer.Option(None, "--frames", help="a folder of .png/.jpg frames, in name order"),
     model: str = typer.Option("trml", help="router model name"),
+    stream: Optional[Path] = typer.Option(None, "--stream", help="a video file sent as a live stream to the "
+                                                                 "trml_stream router, one update per frame taken; "
+                                                                 "prints one line per update"),
+    fps: float = typer.Option(1.0, help="--stream: frames taken per second of video"),
+    realtime: bool = typer.Option(False, "--realtime", help="--stream: send at the video's pace, not at once"),
 ) -> None:
-    """Send one request with text, frames, or both; print the prediction and which modality was generated."""
+    """Send one request with text, frames, or both; print the prediction and which modality was generated.
+
+    With --stream VIDEO: send the video as a stream of updates (the first carries --text) and print one line
+    per update: the time in the video, the score, and which modality was generated."""
+    if stream is not None:
+        return _client_stream(url, stream, fps, text, realtime, video, frames)
     import json
 
     from trml_edge.serving.client import TritonClient
@@ -180,3 +202,28 @@ def client(
     out = res.output.tolist()
     typer.echo(json.dumps({"output": out, "virtual_modality": res.virtual_modality,
                            "frames_sent": None if arr is None else list(arr.shape)}))
+
+
+def _client_stream(url: str, video_file: Path, fps: float, text: Optional[str], realtime: bool,
+                   video: Optional[Path], frames: Optional[Path]) -> None:
+    """`client --stream`: one TritonStream fed with a video's frames at ``fps``."""
+    import numpy as np
+
+    from trml_edge.errors import DataError
+    from trml_edge.serving.stream_client import TritonStream, video_stream
+
+    if video is not None or frames is not None:
+        raise DataError("--stream sends its own frames: give --stream VIDEO without --video or --frames")
+    t0 = time.monotonic()
+    with TritonStream(url) as s:
+        updates = 0
+        for t, frame in video_stream(video_file, fps):
+            if realtime:
+                time.sleep(max(0.0, t - (time.monotonic() - t0)))
+            res = s.push(frame[None], text if updates == 0 else None)
+            out = np.asarray(res.output)
+            score = f"{float(out):+.4f}" if out.ndim == 0 else "[" + ", ".join(f"{x:+.4f}" for x in out) + "]"
+            typer.echo(f"t={t:7.2f}s  score={score}  virtual_modality={res.virtual_modality or '-'}")
+            updates += 1
+        if updates == 0:
+            raise DataError(f"--stream {video_file} has no frames; give a video with at least one frame")

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= demo_out
 
-.PHONY: setup demo test test-all bench clean
+.PHONY: setup demo test test-all bench clean target-check
 
 setup: $(STAMP)
 
@@ -24,6 +24,9 @@ test: setup
 
 test-all: setup  # every test, the gpu/trt ones too (on a machine that has a GPU, TensorRT and a GPU Triton)
 	$(BIN)/python -m pytest -m ''
+
+target-check: setup  # first on a new GPU box or Jetson: doctor, build-engines, gpu tests, profile -> target_check/report.md
+	$(BIN)/trml-edge doctor --run --out target_check
 
 bench: setup
 	$(BIN)/python benchmarks/bench_missing.py --out bench_out/missing

@@ -46,3 +46,43 @@ def _server(router_max_batch: int):
     srv = TritonServer(repository("python", router_max_batch)).start()
     atexit.register(srv.stop)
     return srv
+
+
+@cache
+def classification_bundle() -> Path:
+    """An FP32 bundle of a MELD-style classifier (7 class logits), random weights: enough for serving parity."""
+    import torch
+
+    from trml_edge.config import TRMLConfig
+    from trml_edge.export.exporter import export_bundle
+    from trml_edge.export.recipe import ExportConfig
+    from trml_edge.model.checkpoint import new_model, save_run
+
+    torch.manual_seed(1)
+    cfg = TRMLConfig()
+    cfg.head.task, cfg.head.num_classes = "classification", 7
+    run = workdir() / "run_cls7"
+    save_run(run, new_model(cfg))
+    out = workdir() / "bundle_cls7"
+    export_bundle(ExportConfig(run=str(run), out=str(out)))
+    return out
+
+
+def small_batch_server(kind: str = "regression"):
+    """A server whose graph models take at most 2 rows per call and whose router waits 50 ms to batch, so a
+    router batch of several requests is sent to the graphs in chunks."""
+    return _small_batch_server(kind)
+
+
+@cache
+def _small_batch_server(kind: str):
+    from trml_edge.serving.repository import ModelSettings, RepoConfig, build_repository
+    from trml_edge.serving.server import TritonServer
+
+    src = bundle("fp32") if kind == "regression" else classification_bundle()
+    repo = build_repository(RepoConfig(bundle=str(src), out=str(workdir() / f"repo_small_{kind}"), force=True,
+                                       graphs=ModelSettings(max_batch_size=2),
+                                       router=ModelSettings(max_batch_size=8, max_queue_delay_us=50000)))
+    srv = TritonServer(repo).start()
+    atexit.register(srv.stop)
+    return srv

@@ -18,7 +18,7 @@ from open_clip.loss import ClipLoss
 
 from trml_edge.config import PreprocessConfig
 from trml_edge.errors import DataError
-from trml_edge.model.backbone import build_clip, image_size, resolve_arch, tokenize
+from trml_edge.model.backbone import build_clip, fetch_pretrained, image_size, resolve_arch, tokenize
 from trml_edge.model.checkpoint import save_clip
 from trml_edge.model.trml import text_features, trim_tokens
 from trml_edge.train.loop import _progress, warmup_cosine
@@ -35,6 +35,8 @@ class PretrainConfig:
     lr: float = 3e-4  # higher rates leave the tiny ViT's features collapsed (measured: 1e-3 and up never learn)
     weight_decay: float = 0.1  # on matrices only; gains, biases, embeddings and the temperature are exempt
     seed: int = 0
+    pretrained: str | None = None  # start from these weights: an open_clip tag of arch, or hf-hub:ORG/NAME
+    cache_dir: str | None = None  # where pretrained weights are cached [default: the Hugging Face cache]
 
 
 def load_pool(pool: Path) -> tuple[np.ndarray, list[str]]:
@@ -53,9 +55,15 @@ def load_pool(pool: Path) -> tuple[np.ndarray, list[str]]:
 def pretrain(cfg: PretrainConfig, progress: bool = True) -> Path:
     """Pretrain CLIP on the pool; returns the weights path (inside ``cfg.out``)."""
     torch.manual_seed(cfg.seed)
-    clip_cfg = resolve_arch(cfg.arch)
-    model = build_clip(clip_cfg)
-    pp = PreprocessConfig(image_size=image_size(clip_cfg))
+    if cfg.pretrained:  # continue from pretrained weights by name, with their own architecture and normalization
+        found = fetch_pretrained(cfg.arch, cfg.pretrained, cfg.cache_dir)
+        clip_cfg, model = found.clip_cfg, build_clip(found.clip_cfg, found.weights)
+        pp = PreprocessConfig(image_size=image_size(clip_cfg))
+        pp.mean, pp.std = tuple(found.mean or pp.mean), tuple(found.std or pp.std)
+    else:
+        clip_cfg = resolve_arch(cfg.arch)
+        model = build_clip(clip_cfg)
+        pp = PreprocessConfig(image_size=image_size(clip_cfg))
     images, captions = load_pool(Path(cfg.pool))
     tokens = tokenize(captions, int(clip_cfg["text_cfg"].get("context_length", 77)))
     n = len(images)

@@ -138,3 +138,21 @@ def test_open_clip_tag_resolves_through_the_hub_cache(tmp_path):
     weights, desc = out.stdout.strip().splitlines()
     assert Path(weights).resolve() == (snap / "open_clip_model.safetensors").resolve()
     assert desc.startswith("ViT-B-32 32 (0.4814")
+
+
+def test_pretrain_continues_from_hf_hub_weights_offline(synth_data, tmp_path):
+    """`trml-edge pretrain --pretrained`: at lr 0 the saved CLIP is the cached one, with its normalization."""
+    import torch
+    from safetensors.torch import load_file
+
+    cache = tmp_path / "hub-cache"
+    files, state = _tiny_clip_files()
+    _hub_repo(cache, "test-org/tiny-clip", files)
+    out = tmp_path / "clip"
+    r = _cli("pretrain", synth_data / "pretrain", "--out", out, "--pretrained", "hf-hub:test-org/tiny-clip",
+             "--cache-dir", cache, "--epochs", "1", "--lr", "0", env_extra={"HF_HUB_OFFLINE": "1"}, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    saved = load_file(str(out / "open_clip_model.safetensors"))
+    assert set(saved) == set(state) and all(torch.equal(saved[k], v) for k, v in state.items())
+    pp = json.loads((out / "open_clip_config.json").read_text())["preprocess_cfg"]
+    assert tuple(pp["mean"]) == MEAN and tuple(pp["std"]) == STD

@@ -59,6 +59,8 @@ def pretrain(
     pool: Path = typer.Argument(..., help="directory with images.npy and captions.txt (DATA/pretrain)"),
     out: Path = typer.Option(..., "--out", help="output directory (open_clip local-dir layout)"),
     backbone: str = typer.Option("trml-tiny", help="open_clip architecture name or JSON file"),
+    pretrained: Optional[str] = typer.Option(None, help="start from " + PRETRAINED_HELP),
+    cache_dir: Optional[Path] = typer.Option(None, help=CACHE_DIR_HELP),
     epochs: int = typer.Option(24),
     batch_size: int = typer.Option(64),
     lr: float = typer.Option(3e-4),
@@ -68,7 +70,8 @@ def pretrain(
     from trml_edge.train.pretrain import PretrainConfig, pretrain as run
 
     weights = run(PretrainConfig(pool=str(pool), out=str(out), arch=backbone, epochs=epochs,
-                                 batch_size=batch_size, lr=lr, seed=seed))
+                                 batch_size=batch_size, lr=lr, seed=seed, pretrained=pretrained,
+                                 cache_dir=str(cache_dir) if cache_dir else None))
     typer.echo(f"CLIP weights: {weights}")
 
 

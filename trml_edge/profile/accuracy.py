@@ -129,12 +129,15 @@ def torch_predict_fn(model) -> Predict:
 
 def composite(picks: dict[str, Bundle], base: Bundle) -> Bundle:
     """A bundle whose graphs come from several verified bundles of the same run (files by absolute path)."""
-    graphs = {}
+    graphs, engines = {}, {}
     for g, b in picks.items():
         if not b.verified:
             raise ConfigError(f"bundle {b.root} was not verified; load it with load_bundle(path)")
         entry = dict(b.graphs[g])
         entry["file"] = str((b.root / entry["file"]).resolve())
         graphs[g] = entry
-    manifest = {**base.manifest, "graphs": graphs}
+        engine = (b.manifest.get("engines") or {}).get(g)
+        if engine is not None:  # the graph's TensorRT engine travels with it (the tensorrt-engines backend)
+            engines[g] = {**engine, "file": str((b.root / engine["file"]).resolve())}
+    manifest = {**base.manifest, "graphs": graphs, "engines": engines}
     return Bundle(base.root, manifest, verified=True)

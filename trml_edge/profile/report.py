@@ -67,8 +67,8 @@ def validate(doc: Any, schema: dict[str, Any] = REPORT_SCHEMA, where: str = "rep
     return problems
 
 
-def environment(threads: int) -> dict[str, Any]:
-    """CPU model, ISA flags, core and thread counts, load, GPUs and package versions."""
+def cpu_info() -> dict[str, Any]:
+    """CPU model, the ISA flags of ``ISA_FLAGS`` it has, and its physical core count (None when unknown)."""
     cpu, flags, physical = platform.processor() or platform.machine(), set(), None
     try:
         text = open("/proc/cpuinfo", encoding="utf-8").read()
@@ -80,6 +80,13 @@ def environment(threads: int) -> dict[str, Any]:
         physical = len(cores) or None
     except OSError:
         pass
+    return {"cpu_model": cpu, "machine": platform.machine(), "isa_flags": sorted(f for f in ISA_FLAGS if f in flags),
+            "physical_cores": physical, "logical_cpus": os.cpu_count()}
+
+
+def environment(threads: int) -> dict[str, Any]:
+    """CPU model, ISA flags, core and thread counts, load, GPUs and package versions."""
+    cpu = cpu_info()
     versions = {}
     for pkg in PACKAGES:
         try:
@@ -88,8 +95,7 @@ def environment(threads: int) -> dict[str, Any]:
             continue
     import onnxruntime as ort
 
-    return {"cpu_model": cpu, "machine": platform.machine(), "isa_flags": sorted(f for f in ISA_FLAGS if f in flags),
-            "physical_cores": physical, "logical_cpus": os.cpu_count(), "threads": threads or os.cpu_count(),
+    return {**cpu, "threads": threads or os.cpu_count(),
             "load_average": list(os.getloadavg()), "os": platform.platform(), "python": sys.version.split()[0],
             "versions": versions, "ort_providers": ort.get_available_providers(), "gpus": _gpus()}
 
@@ -118,7 +124,8 @@ def summary_table(rep: dict[str, Any]) -> list[str]:
     acc = rep["accuracy"]
     keys = list(acc.get("budget", {})) if acc["status"] == "ok" else []
     metric = acc.get("headline_metric")
-    scores = {(r["bundle"], r["scenario"]): r for r in acc.get("rows", [])}
+    scores = {(r["bundle"], "ort", r["scenario"]): r for r in acc.get("rows", [])}
+    scores.update({(r["bundle"], "trt", r["scenario"]): r for r in acc.get("engine_rows", [])})
     out = [f"## Summary (batch {batch}; latency in ms)\n",
            "| bundle | backend | scenario | p50 | p99 | " + (f"{metric} | " if metric else "accuracy | ") +
            "".join(f"Δ{k} | " for k in keys) + "within budget |",
@@ -126,7 +133,7 @@ def summary_table(rep: dict[str, Any]) -> list[str]:
     for r in rep["latency"]:
         if r["status"] != "OK" or r.get("batch") != batch or r["backend"] == "triton":
             continue
-        s = scores.get((r["bundle"], r["scenario"]))
+        s = scores.get((r["bundle"], "trt" if r["backend"] == "tensorrt-engines" else "ort", r["scenario"]))
         cells = [r["bundle"], r["backend"], r["scenario"].replace("_", " "), _f(r["latency"]["p50_ms"]),
                  _f(r["latency"]["p99_ms"])]
         if s is None:
@@ -165,21 +172,22 @@ def markdown(rep: dict[str, Any]) -> str:
         out.append("\nNot measured:\n")
         out += [f"- {r['backend']} ({r['bundle']}): {r['status']}, {r['reason']}" for r in skipped]
     tol = rep["settings"]["breakdown_tolerance"]
-    out.append(f"\n## Where the time goes (ONNX Runtime CPU, batch {rep['settings']['batches'][0]}; mean ms)\n")
+    out.append(f"\n## Where the time goes (ONNX Runtime CPU and TensorRT engines, batch "
+               f"{rep['settings']['batches'][0]}; mean ms)\n")
     out.append(f"The measured parts add up to each run's end-to-end time within {tol['relative']:.0%} of the "
                f"p50 or {tol['absolute_ms']} ms, whichever is larger (checked on the median run: "
                f"{sum(r.get('latency', {}).get('breakdown_within_tolerance', False) for r in rep['latency'])} of "
                f"{sum('breakdown_within_tolerance' in r.get('latency', {}) for r in rep['latency'])} "
                "configurations pass); `other` is the numpy glue between them. "
                "GFLOP/s per graph and its share of the matmul peak in brackets.\n")
-    rows = [r for r in rep["latency"] if r["status"] == "OK" and r["backend"] == "ort-cpu"
+    rows = [r for r in rep["latency"] if r["status"] == "OK" and r["backend"] in ("ort-cpu", "tensorrt-engines")
             and r.get("batch") == rep["settings"]["batches"][0]]
     for r in rows:
         parts = ", ".join(
             f"{k} {v:.2f}" + (f" ({r['graphs'][k]['gflops_per_s']:.1f}, {r['graphs'][k]['pct_of_peak']:.0f}%)"
                               if k in r.get("graphs", {}) else "")
             for k, v in r["latency"]["breakdown_ms"].items())
-        out.append(f"- **{r['bundle']}, {r['scenario']}** ({r['latency']['mean_ms']:.2f} ms): {parts}")
+        out.append(f"- **{r['bundle']}, {r['backend']}, {r['scenario']}** ({r['latency']['mean_ms']:.2f} ms): {parts}")
     acc = rep["accuracy"]
     out.append("\n## Accuracy (test split; delta vs the FP32 reference on the same samples and masks, "
                "positive = worse)\n")
@@ -191,8 +199,9 @@ def markdown(rep: dict[str, Any]) -> str:
         out.append(f"Reference: {acc['reference']}; budget {acc['budget']}; {acc['samples']} samples.\n")
         out.append(f"| bundle | scenario | {metric} | " + " | ".join(f"Δ{k}" for k in keys) + " | within budget |")
         out.append("| --- | --- | --- | " + " | ".join("---" for _ in keys) + " | --- |")
-        for r in acc["rows"]:
-            out.append(f"| {r['bundle']} | {r['scenario']} | {r['metrics'][metric]:.4f} | " +
+        for r in acc["rows"] + acc.get("engine_rows", []):
+            label = r["bundle"] + (" (TensorRT engines)" if r.get("backend") == "tensorrt-engines" else "")
+            out.append(f"| {label} | {r['scenario']} | {r['metrics'][metric]:.4f} | " +
                        " | ".join(f"{r['delta'][k]:+.4f}" for k in keys) +
                        f" | {'yes' if r['within_budget'] else '**no**'} |")
     rec = rep["recommendation"]
@@ -202,7 +211,8 @@ def markdown(rep: dict[str, Any]) -> str:
     else:
         out.append(f"Recipe: `{rec['recipe']}` (`trml-edge export RUN --recipe {rec['recipe']} --data DATA "
                    f"--out BUNDLE`).\n")
-        out.append("| graph | precision | from bundle | median ms on ORT CPU (summed over scenarios and batches) |")
+        out.append(f"| graph | precision | from bundle | median ms on {rec.get('ranked_by', 'ort-cpu')} (summed over "
+                   "scenarios and batches) |")
         out.append("| --- | --- | --- | --- |")
         for g, p in rec["precision"].items():
             out.append(f"| {g} | {p} | {rec['source'][g]} | {rec['graph_ms'][g]:.2f} |")

@@ -2,8 +2,11 @@
 
 Cells: bundle (precision) x backend x scenario x batch (or concurrency, for a live Triton endpoint).
 Backends: PyTorch eager FP32 from the bundles' source run (the reference, when torch is installed), ONNX
-Runtime CPU, ONNX Runtime's CUDA and TensorRT execution providers where present, and ``--url``'s Triton
-server. What cannot run here is reported as SKIPPED with the reason.
+Runtime CPU, ONNX Runtime's CUDA and TensorRT execution providers where present, the bundles' own TensorRT
+engines (``tensorrt-engines``: built by ``trml-edge build-engines``, run on this GPU), and ``--url``'s Triton
+server. What cannot run here is reported as SKIPPED with the reason. When every bundle's engines run here,
+the engines' per-graph times rank the recommendation's candidates and the engines score them, so the
+recommended recipe is measured on the target runtime.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any
 from trml_edge.errors import ConfigError
 from trml_edge.graphs import GRAPH_NAMES
 from trml_edge.profile import timing
+from trml_edge.profile.engines import BACKEND as ENGINES, EnginePipeline, engine_backends, engine_predict
 from trml_edge.profile.report import SCHEMA, SCHEMA_VERSION, environment, markdown
 from trml_edge.routing import ROUTES, SCENARIOS
 from trml_edge.runtime.bundle import Bundle, load_bundle
@@ -168,12 +172,13 @@ def profile(cfg: ProfileConfig) -> dict[str, Any]:
         else:
             rep["latency"].append({"backend": name, "bundle": "all", "scenario": "all", "status": "SKIPPED",
                                    "reason": f"onnxruntime has no {prov} here (available: {', '.join(available)})"})
-    engines = [k for k, b in bundles.items() if b.manifest.get("engines")]
-    rep["latency"].append({"backend": "tensorrt-engines", "bundle": "all", "scenario": "all", "status": "SKIPPED",
-                           "reason": (f"bundles {engines} have engines, but profile times engines through the "
-                                      "ort-tensorrt backend only" if engines else
-                                      "no bundle has TensorRT engines (build them with `trml-edge build-engines` "
-                                      "on the target GPU)")})
+    trt, engine_skips, engines_reason = engine_backends(bundles)
+    if engines_reason:
+        rep["latency"].append({"backend": ENGINES, "bundle": "all", "scenario": "all", "status": "SKIPPED",
+                               "reason": engines_reason})
+    for label, why in engine_skips.items():
+        rep["latency"].append({"backend": ENGINES, "bundle": label, "scenario": "all", "status": "SKIPPED",
+                               "reason": why})
     if model is None:
         rep["latency"].append({"backend": "pytorch-eager", "bundle": "pytorch-fp32", "scenario": "all",
                                "status": "SKIPPED", "reason": torch_reason})
@@ -185,8 +190,13 @@ def profile(cfg: ProfileConfig) -> dict[str, Any]:
     for label, b in bundles.items():
         for backend, providers in backends.items():
             pipes[backend, label] = timing.TimedPipeline(b, providers, cfg.threads)
+        if trt is not None and label not in engine_skips:
+            pipes[ENGINES, label] = EnginePipeline(b, trt, cfg.threads)
     if model is not None:
         pipes["pytorch-eager", "pytorch-fp32"] = timing.TorchPipeline(first, model, cfg.threads)
+    # the backend whose per-graph medians rank the recommendation: the engines when all of them run here
+    rank_backend = ENGINES if trt is not None and not engine_skips else "ort-cpu"
+    rep["settings"]["recommendation_ranked_by"] = rank_backend
     fp32_bundle = next((b for b in bundles.values() if set(_precisions(b).values()) == {"fp32"}), None)
 
     n_groups = len(SCENARIOS) * len(cfg.batches)
@@ -198,7 +208,16 @@ def profile(cfg: ProfileConfig) -> dict[str, Any]:
         for scenario in SCENARIOS:
             for batch in cfg.batches:
                 req = timing.make_requests(scenario, batch, frames, size, cfg.seed)
-                fns = {k: timing.pipeline_call(p, req) for k, p in pipes.items()}
+                fns = {}
+                for (backend, label), p in pipes.items():
+                    if isinstance(p, EnginePipeline) and batch > p.max_batch(frames):
+                        rep["latency"].append({"backend": backend, "bundle": label, "scenario": scenario,
+                                               "batch": batch, "status": "SKIPPED", "reason": (
+                                                   f"batch {batch} x {frames} frames is outside the engines' "
+                                                   f"optimization profiles (largest batch {p.max_batch(frames)}); "
+                                                   "export with a recipe whose [tensorrt.profiles] cover it")})
+                        continue
+                    fns[backend, label] = timing.pipeline_call(p, req)
                 res = timing.interleaved(fns, cfg.warmup, cfg.min_time, cfg.min_runs)
                 for (backend, label), m in res.items():
                     pipe = pipes[backend, label]
@@ -215,7 +234,7 @@ def profile(cfg: ProfileConfig) -> dict[str, Any]:
                             row.update(flops=fl["flops"], counter=fl["counter"], gflops_per_s=gfs,
                                        pct_of_peak=100.0 * gfs / peak["gflops"])
                         graphs[g] = row
-                        if backend == "ort-cpu":  # medians rank the options (robust to one load spike)
+                        if backend == rank_backend:  # medians rank the options (robust to one load spike)
                             graph_ms[label][g] += lat["breakdown_p50_ms"].get(g, 0.0)
                     rep["latency"].append({"backend": backend, "bundle": label, "scenario": scenario,
                                            "batch": batch, "status": "OK", "graphs_run": ran, "latency": lat,
@@ -235,10 +254,16 @@ def profile(cfg: ProfileConfig) -> dict[str, Any]:
                     bar.step(f"triton {scenario} x{c}")
 
         # --- accuracy and recommendation ---
+        engine_pipes = {label: p for (backend, label), p in pipes.items() if backend == ENGINES}
         rep["accuracy"], rep["recommendation"] = _accuracy(cfg, bundles, first, model, torch_reason, graph_ms,
-                                                             runs, out, bar, size, frames)
+                                                             runs, out, bar, size, frames, engine_pipes,
+                                                             trt if rank_backend == ENGINES else None)
         if rep["recommendation"].get("status") == "ok":
-            _time_recommended(cfg, rep, bundles, first, frames, size)
+            rep["recommendation"]["ranked_by"] = rank_backend
+            _time_recommended(cfg, rep, bundles, first, frames, size, trt if rank_backend == ENGINES else None)
+    for p in pipes.values():
+        if isinstance(p, EnginePipeline):
+            p.close()  # device buffers and streams back to the GPU
     charts = _charts(rep, out)
     rep["charts"] = charts
     rep = _clean(rep)
@@ -247,7 +272,8 @@ def profile(cfg: ProfileConfig) -> dict[str, Any]:
     return rep
 
 
-def _accuracy(cfg, bundles, first, model, torch_reason, graph_ms, runs, out, bar, size, frames):
+def _accuracy(cfg, bundles, first, model, torch_reason, graph_ms, runs, out, bar, size, frames, engine_pipes=None,
+              trt=None):
     from trml_edge.profile import accuracy as acc_mod
     from trml_edge.profile.recommend import mixable, recommend, write_recipe
 
@@ -269,15 +295,24 @@ def _accuracy(cfg, bundles, first, model, torch_reason, graph_ms, runs, out, bar
         for r in ref.score(budget, acc_mod.bundle_predict(b, cfg.threads)):
             rows.append({"bundle": label, **r})
         bar.step(f"accuracy: {label}")
+    # the engines' own accuracy: same samples, masks and reference, run through each bundle's engines
+    engine_rows = [{"bundle": label, "backend": ENGINES, **r}
+                   for label, pipe in (engine_pipes or {}).items() for r in ref.score(budget, engine_predict(pipe))]
     accuracy = {"status": "ok", "reference": ref.name, "budget": budget, "headline_metric": headline,
-                "samples": len(arrays), "seed": cfg.seed, "rows": rows}
+                "samples": len(arrays), "seed": cfg.seed, "rows": rows, "engine_rows": engine_rows}
     if len(runs) != 1:
         return accuracy, {"status": "n/a", "reason": "the bundles come from different runs, so their graphs "
                                                      "cannot be mixed"}
 
     def score(picks):
         comp = acc_mod.composite({g: bundles[o.label] for g, o in picks.items()}, first)
-        return ref.score(budget, acc_mod.bundle_predict(comp, cfg.threads))
+        if trt is None:
+            return ref.score(budget, acc_mod.bundle_predict(comp, cfg.threads))
+        pipe = EnginePipeline(comp, trt, cfg.threads)  # candidates scored on the engines they would ship as
+        try:
+            return ref.score(budget, engine_predict(pipe))
+        finally:
+            pipe.close()
 
     bar.grow(len(GRAPH_NAMES) * 2 + 1)
     keep, left_out = mixable(bundles)
@@ -289,7 +324,7 @@ def _accuracy(cfg, bundles, first, model, torch_reason, graph_ms, runs, out, bar
     return accuracy, rec
 
 
-def _time_recommended(cfg, rep, bundles, first, frames, size) -> None:
+def _time_recommended(cfg, rep, bundles, first, frames, size, trt=None) -> None:
     """The recommended mix against the most precise bundle, interleaved, per scenario at the first batch."""
     from trml_edge.profile import accuracy as acc_mod
 
@@ -301,10 +336,17 @@ def _time_recommended(cfg, rep, bundles, first, frames, size) -> None:
     rows = []
     for scenario in SCENARIOS:
         req = timing.make_requests(scenario, batch, frames, size, cfg.seed)
-        pipes = {"recommended": timing.TimedPipeline(comp, threads=cfg.threads),
-                 "baseline": timing.TimedPipeline(bundles[base_label], threads=cfg.threads)}
+        if trt is None:
+            pipes = {"recommended": timing.TimedPipeline(comp, threads=cfg.threads),
+                     "baseline": timing.TimedPipeline(bundles[base_label], threads=cfg.threads)}
+        else:
+            pipes = {"recommended": EnginePipeline(comp, trt, cfg.threads),
+                     "baseline": EnginePipeline(bundles[base_label], trt, cfg.threads)}
         res = timing.interleaved({k: timing.pipeline_call(p, req) for k, p in pipes.items()}, cfg.warmup,
                                  cfg.min_time, cfg.min_runs)
+        for p in pipes.values():
+            if isinstance(p, EnginePipeline):
+                p.close()
         r, b = res["recommended"].summary(batch), res["baseline"].summary(batch)
         rows.append({"scenario": scenario, "batch": batch, **r, "baseline_p50_ms": b["p50_ms"],
                      "speedup": b["p50_ms"] / r["p50_ms"]})

@@ -96,7 +96,14 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=0, help="ORT intra-op threads, runtime and graph models alike")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
+    ap.add_argument("--stream", action="store_true", help="only the stream section: a one-new-frame update of a "
+                                                          "trml_stream stream vs a stateless window request")
+    ap.add_argument("--max-load", type=float, default=1.5, help="--stream: wait (up to --load-wait s) until the "
+                                                                "1-min load average is below this before timing")
+    ap.add_argument("--load-wait", type=float, default=600.0)
     args = ap.parse_args()
+    if args.stream:
+        return stream_main(args)
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-serving-"))
     work.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
@@ -176,6 +183,108 @@ def main() -> None:
         print(f"{k:48s} {v:6.2f}x")
     for k, v in goals.items():
         print(f"goal {k}: {'met' if v else 'NOT met'}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2, allow_nan=False, default=str) + "\n")
+    print(f"wrote {out} ({report['seconds']:.0f} s)")
+
+
+
+# --- streams (issue 19): an update with one new frame against a stateless request with the whole window ---
+STREAM_GOALS = {"trml-tiny": 0.5, "ViT-B-32": 0.25}  # update / window request, p50, through Triton and runtime
+
+
+def image_encoder_frames(url: str) -> int:
+    """Frames the image_encoder model has run on: its executed batch sizes summed (Triton's statistics)."""
+    with urllib.request.urlopen(f"http://{url}/v2/models/image_encoder/stats") as r:
+        s = json.loads(r.read())["model_stats"][0]
+    return sum(int(b["batch_size"]) * int(b["compute_infer"]["count"]) for b in s.get("batch_stats", []))
+
+
+def wait_for_idle(max_load: float, wait_s: float) -> list[float]:
+    """Wait until the 1-min load average is below ``max_load`` (at most ``wait_s``); the load averages then."""
+    end = time.monotonic() + wait_s
+    while os.getloadavg()[0] >= max_load and time.monotonic() < end:
+        time.sleep(5)
+    load = list(os.getloadavg())
+    if load[0] >= max_load:
+        print(f"WARNING: load average {load[0]:.2f} >= {max_load} after {wait_s:.0f} s; the figures are not idle",
+              flush=True)
+    return load
+
+
+def bench_stream(bundle: Path, work: Path, args) -> dict:
+    """p50 of a stream update with one new frame (window full, text unchanged) against ``Pipeline.predict`` /
+    a ``trml`` request on the same 8-frame window and text, in interleaved rounds, in the runtime and through
+    Triton; and Triton's count of image-encoder frames per stream update."""
+    from trml_edge.serving.stream_client import TritonStream
+    from trml_edge.serving.stream_repo import StreamSettings
+
+    repo = build_repository(RepoConfig(bundle=str(bundle), out=str(work / "repo-stream"), force=True,
+                                       intra_op_threads=args.threads, stream=StreamSettings()))
+    pipe = Pipeline(bundle, threads=args.threads)
+    size, window = int(pipe.bundle.preprocess["image_size"]), pipe.max_frames
+    pool = make_requests(COMPLETE, 1, 64, size, seed=3)  # 64 distinct frames, fed round the window
+    frames, text = pool.frames[0], pool.texts[0]
+    m = dict(warmup=args.warmup, min_time=args.min_time, min_runs=args.min_runs)
+    with TritonServer(repo) as srv:
+        c = TritonClient(srv.url)
+        rs, ts = pipe.stream(), TritonStream(c)
+        for s in (rs, ts):
+            s.push(frames[:window], text)  # a full window: each update slides it by one frame
+        step = {"runtime": window, "triton": window}
+
+        def update(kind, s):
+            i = step[kind] % len(frames)
+            step[kind] += 1
+            return s.push(frames[i:i + 1])
+
+        for _ in range(4):  # answers agree before anything is timed
+            a, b = update("runtime", rs), update("triton", ts)
+            assert abs(float(a.output) - float(b.output)) < 1e-4 and a.virtual_modality == b.virtual_modality
+        win = frames[:window]
+        assert abs(float(c.infer(win, text).output) - float(pipe.predict(win, text).output)) < 1e-4
+        load_before = wait_for_idle(args.max_load, args.load_wait)
+        timed = interleaved({"stream update, runtime": lambda: update("runtime", rs) and None,
+                             "window request, runtime": lambda: pipe.predict(win, text) and None,
+                             "stream update, triton": lambda: update("triton", ts) and None,
+                             "window request, triton": lambda: c.infer(win, text) and None}, **m)
+        load_after = list(os.getloadavg())
+        n, before = 20, image_encoder_frames(srv.url)
+        for _ in range(n):
+            update("triton", ts)
+        per_update = (image_encoder_frames(srv.url) - before) / n
+        ts.close()
+        c.close()
+    results = {k: percentiles(v.seconds) for k, v in timed.items()}
+    p50 = {k: v["p50_ms"] for k, v in results.items()}
+    ratios = {side: p50[f"stream update, {side}"] / p50[f"window request, {side}"] for side in ("runtime", "triton")}
+    goal = STREAM_GOALS.get(args.arch)
+    return {"results": results, "update_over_window": ratios, "image_encoder_frames_per_update": per_update,
+            "goal_ratio": goal, "goals_met": None if goal is None else
+            {f"update <= {goal} x window request ({side})": r <= goal for side, r in ratios.items()} |
+            {"image encoder runs once per frame sent (triton statistics)": per_update == 1.0},
+            "load_average_before": load_before, "load_average_after": load_after}
+
+
+def stream_main(args) -> None:
+    work = Path(args.work or tempfile.mkdtemp(prefix="bench-serving-"))
+    work.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    bundle = make_bundle(args.arch, work)
+    report = {"arch": args.arch, "threads": args.threads, "environment": environment(args.threads),
+              "settings": dict(warmup=args.warmup, min_time=args.min_time, min_runs=args.min_runs),
+              **bench_stream(bundle, work, args), "seconds": time.perf_counter() - t_start}
+    print(f"{'configuration':30s} {'p50':>9s} {'p90':>9s} {'p99':>9s} {'runs':>6s}")
+    for k, v in report["results"].items():
+        print(f"{k:30s} {v['p50_ms']:9.2f} {v['p90_ms']:9.2f} {v['p99_ms']:9.2f} {v['runs']:6d}")
+    for side, r in report["update_over_window"].items():
+        print(f"stream update / window request ({side}): {r:.3f}")
+    print(f"image encoder frames per stream update (triton statistics): "
+          f"{report['image_encoder_frames_per_update']:.2f}")
+    print(f"load average before timing {report['load_average_before']}, after {report['load_average_after']}")
+    for k, ok in (report["goals_met"] or {}).items():
+        print(f"goal {k}: {'met' if ok else 'NOT met'}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2, allow_nan=False, default=str) + "\n")

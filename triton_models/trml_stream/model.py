@@ -9,9 +9,12 @@ uses).
 
 Per-stream state (the window's frame embeddings, the text and its embedding) lives here, in this instance's
 ``StreamTable``: Triton's "oldest" strategy sends every request of a sequence to the same instance and never two
-of one sequence in a batch. An update runs the image encoder on its new frames only, the text encoder only
-when the text changed, then the temporal encoder on the window, the generator of a missing modality and the
-head; each graph once per batch of updates from different streams.
+of one sequence in a batch. An update runs the image encoder on its new frames only and the text encoder only
+when the text changed (two BLS calls, concurrently), then one call to the stream ensemble of its scenario
+(``trml_stream_complete``: temporal encoder -> head, with the stream's text embedding; ``trml_stream_text_missing``:
+temporal encoder -> generator -> head), which also returns the window's visual embedding to keep. An update
+without frames (a new text) runs the head (and a generator) on the kept embeddings. Each call is made once per
+batch of updates from different streams.
 
 * A stream is freed on its end flag and after ``max_sequence_idle_microseconds`` without an update (a sweeper
   thread, so an abandoned stream is freed without further traffic).
@@ -59,6 +62,7 @@ class TritonPythonModel:
         self.max_frames = int(pre["max_frames"])
         self.models = conf["graph_models"]  # graph name -> Triton model name
         self.max_batch = {g: int(n) for g, n in conf["graph_max_batch"].items()}
+        self.ensembles = conf["ensembles"]  # scenario -> model, inputs, outputs (head's, then v), max_batch
         self.limits = routing.RequestLimits(
             max_frames=int(params.get("max_frames_per_request", routing.RequestLimits.max_frames)),
             max_frame_side=int(params.get("max_frame_side", routing.RequestLimits.max_frame_side)),
@@ -174,47 +178,79 @@ class TritonPythonModel:
             new_t[k] = t[row]
         return new_emb, new_t
 
-    async def _score(self, updates):
-        """updates: [(sid, state, frames, text)] of different streams -> [(output (C,), virtual)], and commits."""
-        new_emb, new_t = await self._encode(updates)
-        n = len(updates)
-        scen = [state.scenario(f is not None, x is not None) for _, state, f, x in updates]
-        tv = [new_t[k] if new_t[k] is not None else updates[k][1].t for k in range(n)]  # (D,) or None
-        v = [None] * n
-        windows = []
-        for k, (_, state, _, _) in enumerate(updates):
-            if scen[k] == routing.VISUAL_MISSING:
-                continue
-            if new_emb[k] is None and state.v is not None:
-                v[k] = state.v  # no new frames: the window's visual embedding is known
-            else:
-                windows.append((k, state.window(new_emb[k])))  # (T, D)
-        if windows:
-            t_max = max(len(w) for _, w in windows)
-            frame_emb = np.zeros((len(windows), t_max, windows[0][1].shape[-1]), np.float32)
-            mask = np.zeros((len(windows), t_max), bool)
-            for row, (_, w) in enumerate(windows):
-                frame_emb[row, :len(w)], mask[row, :len(w)] = w, True
-            out = await self._graph("temporal_encoder", frame_emb=frame_emb, frame_mask=mask)  # (W, D)
-            for row, (k, _) in enumerate(windows):
-                v[k] = out[row]
-        v_window = list(v)  # the window's own visual embedding, kept in the stream
-        vis_missing = [k for k in range(n) if scen[k] == routing.VISUAL_MISSING]
-        txt_missing = [k for k in range(n) if scen[k] == routing.TEXT_MISSING]
+    @staticmethod
+    def _windows(rows):
+        """[(T_i, D)] windows -> (frame_emb [W, T, D] zero-padded, frame_mask [W, T])."""
+        t_max = max(len(w) for w in rows)
+        frame_emb = np.zeros((len(rows), t_max, rows[0].shape[-1]), np.float32)
+        mask = np.zeros((len(rows), t_max), bool)
+        for row, w in enumerate(rows):
+            frame_emb[row, :len(w)], mask[row, :len(w)] = w, True
+        return frame_emb, mask
+
+    async def _by_ensemble(self, scenario, ks, windows, t):
+        """Updates with new frames of one scenario: one ensemble call (temporal encoder [-> generator] -> head).
+        -> {k: (output (C,), the window's v (D,))}."""
+        ens = self.ensembles[scenario]
+        frame_emb, mask = self._windows([windows[k] for k in ks])
+        feeds = {"frame_emb": frame_emb, "frame_mask": mask}
+        if "t" in ens["inputs"]:
+            feeds["t"] = np.stack([t[k] for k in ks]).astype(np.float32)
+        res = await trml_bls.call(ens["model"], feeds, ens["outputs"], ens["max_batch"])
+        out, v = res[ens["outputs"][0]], res[ens["outputs"][1]]
+        return {k: (out[row], v[row]) for row, k in enumerate(ks)}
+
+    async def _by_graphs(self, ks, scen, windows, t, states):
+        """Updates without new frames (a new text, or only the end flag), graph by graph: the window's cached v
+        (or the temporal encoder), the generator of a missing modality, the head. -> {k: (output, None)}."""
+        v = {k: states[k].v for k in ks if scen[k] != routing.VISUAL_MISSING}
+        todo = [k for k in ks if k in v and v[k] is None]  # no cached v: never after a successful frame update
+        if todo:
+            out = await self._graph("temporal_encoder", **dict(zip(("frame_emb", "frame_mask"),
+                                                                   self._windows([windows[k] for k in todo]))))
+            v.update({k: out[row] for row, k in enumerate(todo)})
+        t = dict(t)
 
         async def generate(graph, rows, src, dst, feed):
             if rows:
                 out = await self._graph(graph, **{feed: np.stack([src[k] for k in rows]).astype(np.float32)})
-                for row, k in enumerate(rows):
-                    dst[k] = out[row]
+                dst.update({k: out[row] for row, k in enumerate(rows)})
 
-        await asyncio.gather(generate("gen_text_to_visual", vis_missing, tv, v, "t"),
-                             generate("gen_visual_to_text", txt_missing, v, tv, "v"))
-        out = await self._graph("fusion_head", t=np.stack(tv).astype(np.float32), v=np.stack(v).astype(np.float32))
+        await asyncio.gather(
+            generate("gen_text_to_visual", [k for k in ks if scen[k] == routing.VISUAL_MISSING], t, v, "t"),
+            generate("gen_visual_to_text", [k for k in ks if scen[k] == routing.TEXT_MISSING], v, t, "v"))
+        out = await self._graph("fusion_head", t=np.stack([t[k] for k in ks]).astype(np.float32),
+                                v=np.stack([v[k] for k in ks]).astype(np.float32))
+        return {k: (out[row], None) for row, k in enumerate(ks)}
+
+    async def _score(self, updates):
+        """updates: [(sid, state, frames, text)] of different streams -> [(output (C,), virtual)], and commits.
+
+        An update with new frames goes through its scenario's stream ensemble after the image encoder; the
+        others (a new text, or only the end flag) graph by graph from the cached embeddings."""
+        new_emb, new_t = await self._encode(updates)
+        n = len(updates)
+        states = [state for _, state, _, _ in updates]
+        scen = [state.scenario(f is not None, x is not None) for _, state, f, x in updates]
+        t = {k: new_t[k] if new_t[k] is not None else states[k].t for k in range(n)}  # (D,) or None
+        windows = {k: states[k].window(new_emb[k]) for k in range(n)  # (T, D) where the temporal encoder runs
+                   if new_emb[k] is not None or (states[k].frames and states[k].v is None)}
+        by_ens = {}
+        for k in range(n):
+            if new_emb[k] is not None:
+                by_ens.setdefault(scen[k], []).append(k)
+        rest = [k for k in range(n) if new_emb[k] is None]
+        calls = [self._by_ensemble(s, ks, windows, t) for s, ks in by_ens.items()]
+        if rest:
+            calls.append(self._by_graphs(rest, scen, windows, t, states))
+        done = {}
+        for part in await asyncio.gather(*calls):
+            done.update(part)
         results = []
         for k, (_, state, _, text) in enumerate(updates):
-            state.commit(new_emb[k], text, new_t[k], v_window[k] if new_emb[k] is not None else None)
-            results.append((out[k].astype(np.float32), routing.VIRTUAL_MODALITY[scen[k]]))
+            out, v = done[k]
+            state.commit(new_emb[k], text, new_t[k], v)
+            results.append((np.asarray(out, np.float32), routing.VIRTUAL_MODALITY[scen[k]]))
         return results
 
     async def execute(self, requests):

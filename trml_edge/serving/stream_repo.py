@@ -8,6 +8,9 @@
     REPO/trml_stream/1/trml_core/*.py      byte-identical copies of the package's torch-free leaf modules
     REPO/trml_stream/1/stream.json         graph models, preprocessing, tokenizer, the bundle's identity
     REPO/trml_stream/1/assets/...          the tokenizer vocabulary
+    REPO/trml_stream_complete/             ensemble: window embeddings + t -> temporal_encoder -> fusion_head
+    REPO/trml_stream_text_missing/         ensemble: window embeddings -> temporal_encoder -> gen_visual_to_text
+                                           -> fusion_head
 
 ``build_repository`` calls ``add_stream_router`` once its graph models are written. The config is Triton's own
 ``ModelConfig`` protobuf; the I/O names and dims come from the same places as the ``trml`` router's.
@@ -17,6 +20,12 @@ embeddings) and batches updates of different streams together, without the "dire
 (a slot per live stream, ``max_batch_size`` of them per instance, and a queue behind them). Triton's own
 candidate table is sized above the router's bound (``max_candidate_sequences``), so a stream over the bound
 reaches the router and is refused at once instead of waiting in Triton's backlog.
+
+Why two ensembles: an update with new frames needs the temporal encoder, then (text missing) the generator,
+then the head, a fixed chain; one ensemble call instead of two or three BLS hops (each about a millisecond
+through the Python backend, docs/serving.md). The image encoder stays a BLS call of its own (its batch axis is
+frames, not streams), and the ensembles also return ``v``, the window's visual embedding, which the router keeps
+so that a text-only update runs the head alone.
 """
 
 from __future__ import annotations
@@ -35,6 +44,12 @@ STREAM_ROUTER = "trml_stream"
 STREAM_FILE = "stream.json"
 BLS_FILE = "trml_bls.py"  # triton_models/common/
 STREAM_CORE = ("streaming",)  # leaf modules the stream router needs on top of the trml router's
+# scenario -> (ensemble model, its graphs in order): the chain after the image encoder of an update with frames
+STREAM_ENSEMBLES = {
+    "complete": (f"{STREAM_ROUTER}_complete", ("temporal_encoder", "fusion_head")),
+    "text_missing": (f"{STREAM_ROUTER}_text_missing", ("temporal_encoder", "gen_visual_to_text", "fusion_head")),
+}
+KEEP = "v"  # the window's visual embedding: an ensemble output too, the router keeps it
 
 
 @dataclass
@@ -107,6 +122,47 @@ def stream_config(dims: dict[str, int], cfg, settings: StreamSettings, manifest_
     return c
 
 
+def stream_ensemble_io(steps: tuple[str, ...]) -> tuple[list, list]:
+    """(inputs the router feeds, outputs: the head's and ``v``) of a stream ensemble, as TensorSpecs; wired by
+    tensor name as the ``trml`` ensembles are (a generator's ``x_hat`` feeds ``x``)."""
+    from trml_edge.graphs import GRAPHS
+    from trml_edge.serving.repository import _wire
+
+    produced = {_wire(t.name): t for g in steps for t in GRAPHS[g].outputs}
+    inputs = {}
+    for g in steps:
+        for t in GRAPHS[g].inputs:
+            if t.name not in produced:
+                inputs.setdefault(t.name, t)
+    return list(inputs.values()), [GRAPHS[steps[-1]].outputs[0], produced[KEEP]]
+
+
+def stream_ensemble_config(name: str, steps: tuple[str, ...], dims: dict[str, int], graph_max: dict[str, int]):
+    """Triton's ModelConfig of one stream ensemble."""
+    from trml_edge.graphs import GRAPHS
+    from trml_edge.serving.repository import TRITON_DTYPES, _dims, _pb, _wire
+
+    mc, _ = _pb()
+    batch = min(graph_max[g] for g in steps)
+    if batch == 0 and any(graph_max[g] for g in steps):
+        raise ConfigError("the graph models must all batch (max_batch_size > 0) or none of them may")
+    c = mc.ModelConfig(name=name, platform="ensemble", max_batch_size=batch)
+    inputs, outputs = stream_ensemble_io(steps)
+    for specs, add in ((inputs, c.input.add), (outputs, c.output.add)):
+        for t in specs:
+            io = add()
+            io.name, io.data_type = _wire(t.name), getattr(mc, TRITON_DTYPES[t.dtype])
+            io.dims.extend(_dims(t.shape, dims, batch > 0))
+    for g in steps:
+        step = c.ensemble_scheduling.step.add()
+        step.model_name, step.model_version = g, -1
+        for t in GRAPHS[g].inputs:
+            step.input_map[t.name] = t.name
+        for t in GRAPHS[g].outputs:
+            step.output_map[t.name] = _wire(t.name)
+    return c
+
+
 def add_stream_router(tmp: Path, cfg, bundle, graph_max: dict[str, int]) -> None:
     """Write ``trml_stream`` into the repository being assembled at ``tmp`` (graph models already there)."""
     from trml_edge.runtime.bundle import MANIFEST, sha256_file
@@ -143,8 +199,16 @@ def add_stream_router(tmp: Path, cfg, bundle, graph_max: dict[str, int]) -> None
         "task": manifest["model"]["task"], "dims": manifest["model"]["dims"], "preprocess": manifest["preprocess"],
         "tokenizer": {"file": tok["file"], "sha256": tok["sha256"], "context_length": tok["context_length"]},
         "graph_models": {g: g for g in GRAPH_NAMES}, "graph_max_batch": {g: int(graph_max[g]) for g in GRAPH_NAMES},
+        "ensembles": {s: {"model": name, "inputs": [t.name for t in stream_ensemble_io(steps)[0]],
+                          "outputs": [t.name for t in stream_ensemble_io(steps)[1]],
+                          "max_batch": min(int(graph_max[g]) for g in steps)}
+                      for s, (name, steps) in STREAM_ENSEMBLES.items()},
         "stream": asdict(settings), "core_modules": copies,
     }
     (version / STREAM_FILE).write_text(json.dumps(conf, indent=2) + "\n", encoding="utf-8")
     write_config(stream_config(manifest["model"]["dims"], cfg, settings, manifest_sha),
                  tmp / STREAM_ROUTER / "config.pbtxt")
+    for name, steps in STREAM_ENSEMBLES.values():
+        (tmp / name / "1").mkdir(parents=True)  # an ensemble has no files, but Triton wants a version folder
+        write_config(stream_ensemble_config(name, steps, manifest["model"]["dims"], graph_max),
+                     tmp / name / "config.pbtxt")

@@ -331,3 +331,34 @@ def test_client_streams_a_video_file(srv, pipe, tmp_path):
     res = _cli(srv.url, "--stream", str(bad))
     assert res.returncode == 2 and str(bad) in res.stderr and "Traceback" not in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+
+
+def test_stream_router_config_and_build_options(tmp_path):
+    """No server: the generated config carries the build options; --no-streams leaves the stream models out;
+    a bad option is a one-line ConfigError before anything is written."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    from trml_edge.errors import ConfigError
+    from trml_edge.serving.repository import RepoConfig, build_repository
+    from trml_edge.serving.stream_repo import STREAM_ENSEMBLES, StreamSettings
+
+    repo = build_repository(RepoConfig(bundle=str(bundle("fp32")), out=str(tmp_path / "r"),
+                                       stream=StreamSettings(max_streams=5, idle_timeout_s=7.5)))
+    c = text_format.Parse((repo / "trml_stream" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    seq = c.sequence_batching
+    assert seq.max_sequence_idle_microseconds == 7_500_000 and seq.oldest.max_candidate_sequences > 5
+    assert {x.name for x in seq.control_input} == {"START", "END", "CORRID"}
+    assert c.parameters["max_streams"].string_value == "5"
+    assert {i.name: i.optional for i in c.input} == {"TEXT": True, "FRAMES": True}
+    for name, steps in STREAM_ENSEMBLES.values():
+        e = text_format.Parse((repo / name / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+        assert [s.model_name for s in e.ensemble_scheduling.step] == list(steps)
+        assert {o.name for o in e.output} == {"output", "v"}
+    off = build_repository(RepoConfig(bundle=str(bundle("fp32")), out=str(tmp_path / "off"),
+                                      stream=StreamSettings(enabled=False)))
+    assert not [p for p in off.iterdir() if p.name.startswith("trml_stream")] and (off / "trml").is_dir()
+    with pytest.raises(ConfigError, match="--stream-max-streams must be >= 1"):
+        build_repository(RepoConfig(bundle=str(bundle("fp32")), out=str(tmp_path / "bad"),
+                                    stream=StreamSettings(max_streams=0)))
+    assert not (tmp_path / "bad").exists()

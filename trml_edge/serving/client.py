@@ -114,9 +114,12 @@ class TritonClient:
 
 CLIENT_ERROR = ("400", "StatusCode.INVALID_ARGUMENT")
 UNAVAILABLE = ("503", "StatusCode.UNAVAILABLE")
-# Triton's own words for a model whose Python-backend process died: the Python backend answers 500 for the
-# requests it had, and the supervisor of `trml-edge serve` reloads the model (docs/serving.md, "Recovery").
-DEAD_PROCESS = "is not healthy"
+# Triton's own words while the router itself is being recovered (docs/serving.md, "Recovery"): its dead
+# Python-backend process answers 500 "Stub process ... is not healthy" for the requests it had, then, while
+# `trml-edge serve`'s supervisor reloads it, Triton's core answers 404 "... has no available versions" (the
+# model is in the repository, no version is loaded). Neither status can be changed from the model; both
+# mean "retry shortly". A model that is not in the repository at all is "... is not found": not retryable.
+RELOADING = ("is not healthy", "has no available versions")
 
 
 def error_from(e) -> Exception:
@@ -126,7 +129,7 @@ def error_from(e) -> Exception:
     msg = e.message() if hasattr(e, "message") else str(e)
     if status in CLIENT_ERROR:
         err = RequestError(f"the server refused the request: {msg}")
-    elif status in UNAVAILABLE or DEAD_PROCESS in msg:
+    elif status in UNAVAILABLE or any(s in msg for s in RELOADING):
         err = ServingUnavailableError(f"the server is reloading a model (status {status}): {msg}; retry shortly")
     else:
         err = ServingError(f"the server failed (status {status or 'unknown'}): {msg}")

@@ -156,3 +156,15 @@ def test_pretrain_continues_from_hf_hub_weights_offline(synth_data, tmp_path):
     assert set(saved) == set(state) and all(torch.equal(saved[k], v) for k, v in state.items())
     pp = json.loads((out / "open_clip_config.json").read_text())["preprocess_cfg"]
     assert tuple(pp["mean"]) == MEAN and tuple(pp["std"]) == STD
+
+
+def test_features_from_hf_hub_weights_offline(synth_data, tmp_path):
+    cache = tmp_path / "hub-cache"
+    _hub_repo(cache, "test-org/tiny-clip", _tiny_clip_files()[0])
+    both = _cli("features", synth_data, "--clip-weights", tmp_path / "w.safetensors", "--pretrained",
+                "hf-hub:test-org/tiny-clip", env_extra={"HF_HUB_OFFLINE": "1"}, cwd=tmp_path)
+    assert both.returncode == 2 and "exactly one of --run RUN, --clip-weights PATH or --pretrained" in both.stderr
+    r = _cli("features", synth_data, "--pretrained", "hf-hub:test-org/tiny-clip", "--cache-dir", cache,
+             "--cache", tmp_path / "feats", env_extra={"HF_HUB_OFFLINE": "1"}, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "clips embedded now" in r.stdout and any((tmp_path / "feats").iterdir())

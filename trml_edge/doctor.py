@@ -95,8 +95,9 @@ def probe_gpu() -> dict[str, Any]:
     smi = _nvidia_smi()
     dev, why = cuda_probe()
     if dev is not None:
+        driver = f"driver {smi[0]['driver_version']}, " if smi else ""
         return {"status": OK, "detail": f"{dev['name']} (compute capability {dev['compute_capability']}, "
-                f"{dev['memory_mib']} MiB; driver supports CUDA {dev['driver_cuda']})" +
+                f"{dev['memory_mib']} MiB; {driver}supports CUDA {dev['driver_cuda']})" +
                 (f"; {l4t}" if l4t else ""), "device": dev, "nvidia_smi": smi, "l4t": l4t}
     if smi or l4t:
         return {"status": WARN, "detail": f"a GPU is present ({smi[0]['name'] if smi else l4t}) but CUDA cannot be "

@@ -221,6 +221,7 @@ def build_engines(bundle_dir: str | Path, workspace_mb: int | None = None, graph
     cache = out / f"timing.{sm}.trt{'.'.join(trt.__version__.split('.')[:2])}.cache"
     engines = dict(bundle.manifest.get("engines", {}))
     major, minor = (int(x) for x in gpu["compute_capability"].split("."))
+    built: list[Path] = []
     for graph in chosen:
         entry = bundle.graphs[graph]
         shapes = {name: tuple(tuple(s) for s in sizes) for name, sizes in entry["profile"].items()}
@@ -234,13 +235,15 @@ def build_engines(bundle_dir: str | Path, workspace_mb: int | None = None, graph
                                                                                     "memory_mib", "driver_cuda")},
                           "precision": entry["precision"], "workspace_mb": recipe_ws, "profile": entry["profile"],
                           "timing_cache": f"engines/{cache.name}", "parity": parity, **info}
+        built.append(plan)
         if not parity["ok"]:
-            plan.unlink(missing_ok=True)
+            for done in built:  # all or nothing: the manifest records no engine of this run, so none stays
+                done.unlink(missing_ok=True)
             hint = (" FP32 layers ran as TF32: rebuild with --no-tf32" if entry["precision"] == "fp32" and
                     info["build_flags"]["tf32"] and major >= 8 else "")
             raise ExportError(f"{graph}: the engine is out of its {entry['precision']} budget against ONNX Runtime "
                               f"(max_abs {parity['max_abs']:.2e} > {parity['budget']['max_abs']:g} or min_cos "
-                              f"{parity['min_cos']:.6f} < {parity['budget']['min_cos']:g}); no engine written.{hint}")
+                              f"{parity['min_cos']:.6f} < {parity['budget']['min_cos']:g}); no engine kept.{hint}")
     manifest = json.loads((bundle.root / MANIFEST).read_text())
     manifest["engines"] = engines
     write_json_atomic(bundle.root / MANIFEST, manifest)

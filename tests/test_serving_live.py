@@ -300,6 +300,9 @@ def test_tensorrt_repository_serves_on_a_gpu(tmp_path, clips):
     shutil.copytree(bundle("int8-trt"), b)
     build_engines(b)
     repo = build_repository(RepoConfig(bundle=str(b), out=str(tmp_path / "repo"), backend="tensorrt"))
+    from trml_edge.serving.server import check_plan_versions
+
+    check_plan_versions(repo, binary)  # the engines were just built with this machine's TensorRT
     pipe = Pipeline(b)
     with TritonServer(repo, tritonserver=binary) as srv:
         c = TritonClient(srv.url)

@@ -396,3 +396,21 @@ def test_plan_versions_are_recorded_and_checked_against_the_server(tmp_path, mon
     assert not plan_loads("10.3.0", "11.0.0", True)
     # a python-backend repository has nothing to check
     assert check_plan_versions(repository(), None) is None
+
+
+def test_every_bls_request_of_the_routers_asks_for_cpu_outputs():
+    """On a discrete GPU, TensorRT outputs come back in device memory unless the request asks for CPU memory,
+    and numpy cannot read them. No CPU server can show that, so check the code: every InferenceRequest the
+    routers build sets preferred_memory to TRITONSERVER_MEMORY_CPU, and the routers build none of their own."""
+    root = Path(__file__).resolve().parents[1] / "triton_models"
+    calls = {}
+    for f in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "InferenceRequest":
+                calls.setdefault(f.relative_to(root).as_posix(), []).append(node)
+    assert set(calls) == {"common/trml_bls.py"}, calls.keys()
+    for node in calls["common/trml_bls.py"]:
+        kw = {k.arg: k.value for k in node.keywords}
+        assert "preferred_memory" in kw
+    src = (root / "common" / "trml_bls.py").read_text()
+    assert "PreferredMemory(pb_utils.TRITONSERVER_MEMORY_CPU, 0)" in src and "is_cpu()" in src

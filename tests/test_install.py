@@ -178,3 +178,27 @@ def test_the_three_uses_from_a_wheel_install_outside_the_checkout(tmp_path):
             proc.send_signal(signal.SIGTERM)  # as Ctrl-C or a service manager stops it
         out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0 and "tritonserver stopped" in out, err[-3000:]
+
+
+def test_recipes_and_calibration_sets_resolve_by_name_from_any_folder(tmp_path, monkeypatch):
+    """The README's forms (`--recipe cpu-int8`, `--recipe export/cpu-int8.toml`, `--calibration
+    calibration/default`) name the shipped files wherever the command runs; a file that is there wins."""
+    from trml_edge import assets
+    from trml_edge.errors import ConfigError
+    from trml_edge.export.recipe import ExportConfig, apply_recipe
+
+    monkeypatch.chdir(tmp_path)
+    shipped = ROOT / "export" / "cpu-int8.toml"
+    assert assets.recipe("cpu-int8") == assets.recipe("export/cpu-int8.toml") == shipped
+    with pytest.raises(ConfigError, match=r"recipe mine.toml not found.*cpu-int8.*jetson-orin-int8"):
+        assets.recipe("mine.toml")
+    with pytest.raises(ConfigError, match="not found"):
+        assets.recipe("elsewhere/cpu-int8.toml")  # only the documented folder form is a name
+    cfg = apply_recipe(ExportConfig(run="r", out="o"), "cpu-int8")
+    cfg.validate()  # the recipe's calibration = "calibration/default", resolved from tmp_path
+    assert Path(cfg.calibration) == ROOT / "calibration" / "default"
+    assert assets.calibration("default") == ROOT / "calibration" / "default"
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "cpu-int8.toml").write_text('name = "mine"\n')
+    assert apply_recipe(ExportConfig(run="r", out="o"), "export/cpu-int8.toml").recipe == "mine"
+    assert assets.calibration("calibration/absent") == Path("calibration/absent")  # for the loader's own message

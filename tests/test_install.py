@@ -102,6 +102,8 @@ def test_without_any_onnxruntime_the_runtime_says_how_to_get_one(tmp_path):
     assert "MissingDependencyError" in last and "pip install 'trml-edge[cpu]'" in last and "[gpu]" in last, last
     r = run(bin_dir, "trml-edge", "--version", cwd=tmp_path)
     assert r.returncode == 0 and re.search(r"^onnxruntime:\s+not installed", r.stdout, re.M), r.stdout
+    r = run(bin_dir, "trml-edge", "--help", cwd=tmp_path)  # the plain `pip install trml-edge` still starts
+    assert r.returncode == 0 and "export" in r.stdout, r.stderr[-2000:]
 
 
 def _wait_ready(proc: subprocess.Popen, timeout: float = 420.0) -> str:

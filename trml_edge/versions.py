@@ -48,8 +48,10 @@ def report() -> list[tuple[str, str]]:
 
     rows = [("trml-edge", __version__), ("python", platform.python_version() + f" ({platform.machine()})")]
     dists = onnxruntime_distributions()
-    if importlib.util.find_spec("onnxruntime") is None or not dists:
+    if importlib.util.find_spec("onnxruntime") is None:
         rows.append(("onnxruntime", "not installed; " + ORT_FIX.split(": ", 1)[1]))
+    elif not dists:  # a module without package metadata (a source build copied in)
+        rows.append(("onnxruntime", "present, from no installed distribution (a build without package metadata)"))
     else:
         desc = ", ".join(f"{_version(d)} (distribution {d})" for d in dists)
         if len(dists) > 1:

@@ -86,3 +86,35 @@ def _small_batch_server(kind: str):
     srv = TritonServer(repo).start()
     atexit.register(srv.stop)
     return srv
+
+
+def _proc_fields(pid: str) -> list[str]:
+    """/proc/PID/stat after the command name: state, ppid, pgid, ..."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live pids of a process group (a server and its Python-backend stubs)."""
+    import os
+
+    out = []
+    for p in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if int(_proc_fields(p)[2]) == pgid:
+                out.append(int(p))
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+    return out
+
+
+def group_rss_mb(pgid: int) -> float:
+    """Resident memory of every process in a process group, in MB."""
+    total = 0
+    for pid in group_members(pgid):
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total / 1024

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from serving_fixtures import repository
+from serving_fixtures import group_members, repository
 
 CLI = [sys.executable, "-m", "trml_edge"]
 
@@ -23,17 +23,6 @@ def _children(pid: int) -> list[tuple[int, str]]:
             if int(stat[1]) == pid:
                 out.append((int(p), Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ").decode()))
         except (FileNotFoundError, ProcessLookupError):
-            continue
-    return out
-
-
-def _group(pgid: int) -> list[int]:
-    out = []
-    for p in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            if int(Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[2]) == pgid:
-                out.append(int(p))
-        except (FileNotFoundError, ProcessLookupError, IndexError):
             continue
     return out
 
@@ -72,9 +61,9 @@ def test_serve_reloads_a_dead_model_and_exits_when_tritonserver_dies(tmp_path):
     assert last.startswith("error: tritonserver stopped by itself (killed by signal 9)"), last
     assert "Traceback" not in err_path.read_text()
     end = time.monotonic() + 5
-    while _group(server) and time.monotonic() < end:
+    while group_members(server) and time.monotonic() < end:
         time.sleep(0.1)
-    assert _group(server) == [], "stubs of the dead server are left behind"
+    assert group_members(server) == [], "stubs of the dead server are left behind"
 
 
 def test_client_bad_frames_and_video_are_one_line_each(tmp_path):

@@ -4,16 +4,13 @@ mapping, and a server whose Python processes cannot exit by themselves. Real tri
 
 from __future__ import annotations
 
-import os
-import signal
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from export_fixtures import bundle, synth_data
-from serving_fixtures import classification_bundle, repository, server, small_batch_server
+from serving_fixtures import classification_bundle, group_members, repository, server, small_batch_server
 from trml_edge.errors import RequestError
 from trml_edge.runtime import Pipeline
 from trml_edge.serving.client import TritonClient
@@ -104,17 +101,6 @@ def test_grpc_client_maps_a_bad_request_to_a_request_error():
     c.close()
 
 
-def _group(pgid: int) -> list[int]:
-    out = []
-    for p in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            if int(Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[2]) == pgid:
-                out.append(int(p))
-        except (FileNotFoundError, ProcessLookupError, IndexError):
-            continue
-    return out
-
-
 SPAWNER = """
 import signal, subprocess
 import numpy as np
@@ -147,8 +133,8 @@ def test_stop_ends_the_whole_process_group(tmp_path):
         'output [{ name: "Y", data_type: TYPE_FP32, dims: [1] }]\n')
     srv = TritonServer(repo).start()
     pgid = srv.proc.pid
-    members = _group(pgid)
+    members = group_members(pgid)
     helpers = [p for p in members if Path(f"/proc/{p}/cmdline").read_bytes().startswith(b"sleep\x00600")]
     assert len(helpers) == 1 and len(members) >= 9  # server, 8 stubs, the helper
     srv.stop(timeout=10.0)
-    assert _group(pgid) == [], "processes of the server's group survived stop()"
+    assert group_members(pgid) == [], "processes of the server's group survived stop()"

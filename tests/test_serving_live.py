@@ -19,6 +19,7 @@ import pytest
 
 from export_fixtures import bundle, synth_data, workdir
 from serving_fixtures import TEST_MAX_FRAME_SIDE, TEST_MAX_FRAMES, repository, server
+from serving_fixtures import group_rss_mb as _group_rss_mb  # noqa: F401  (test_stream_live imports it here)
 from trml_edge.errors import MissingModalityError, RequestError, ServingError
 from trml_edge.runtime import Pipeline
 from trml_edge.serving.client import TritonClient
@@ -161,22 +162,6 @@ def test_grpc_reports_invalid_argument():
     assert e.value.status() == "StatusCode.INVALID_ARGUMENT" and "TEXT is empty" in e.value.message()
     ok = TritonClient(f"grpc://{server().grpc_url}").infer(None, "a fine film")
     assert ok.virtual_modality == "visual"
-
-
-def _group_rss_mb(pgid: int) -> float:
-    """Resident memory of every process in the server's process group (the server and its Python stubs)."""
-    total = 0
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            if int(stat[2]) != pgid:  # field 5: process group
-                continue
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-    return total / 1024
 
 
 def test_load_mixed_scenarios_no_failure_bounded_memory(pipe, clips):

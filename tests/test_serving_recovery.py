@@ -12,12 +12,11 @@ import os
 import signal
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
 from export_fixtures import bundle, synth_data
-from serving_fixtures import repository
+from serving_fixtures import group_rss_mb, repository
 from trml_edge.errors import ServingUnavailableError
 from trml_edge.runtime import Pipeline
 from trml_edge.serving.client import TritonClient
@@ -25,20 +24,6 @@ from trml_edge.serving.supervisor import stubs_of
 
 TOL = 1e-5
 RELOAD_S = 10.0
-
-
-def _rss_mb(pgid: int) -> float:
-    total = 0
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            if int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[2]) != pgid:
-                continue
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-    return total / 1024
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +75,7 @@ def test_killed_stubs_are_reloaded_under_load(cases):
         for th in threads:
             th.start()
         time.sleep(3.0)  # warm-up under load
-        rss_warm = _rss_mb(srv.proc.pid)
+        rss_warm = group_rss_mb(srv.proc.pid)
         kills = []
         for model in ("text_encoder", "trml"):
             before = {s.model: s.pid for s in stubs_of(srv.proc.pid)}
@@ -110,7 +95,7 @@ def test_killed_stubs_are_reloaded_under_load(cases):
             healthy = {m: p for m, p in before.items() if m != model}
             assert {m: after.get(m) for m in healthy} == healthy, f"a healthy model was restarted ({model} killed)"
             time.sleep(1.0)
-        rss_after = _rss_mb(srv.proc.pid)
+        rss_after = group_rss_mb(srv.proc.pid)
     finally:
         stop.set()
         for th in threads:

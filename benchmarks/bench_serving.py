@@ -303,6 +303,7 @@ def bench_stream(bundle: Path, work: Path, args) -> dict:
     m = dict(warmup=args.warmup, min_time=args.min_time, min_runs=args.min_runs)
     with TritonServer(repo) as srv:
         c = TritonClient(srv.url)
+        load_before = wait_for_idle(args.max_load, args.load_wait)  # before the streams open: they time out
         rs, ts = pipe.stream(), TritonStream(c)
         for s in (rs, ts):
             s.push(frames[:window], text)  # a full window: each update slides it by one frame
@@ -318,7 +319,6 @@ def bench_stream(bundle: Path, work: Path, args) -> dict:
             assert abs(float(a.output) - float(b.output)) < 1e-4 and a.virtual_modality == b.virtual_modality
         win = frames[:window]
         assert abs(float(c.infer(win, text).output) - float(pipe.predict(win, text).output)) < 1e-4
-        load_before = wait_for_idle(args.max_load, args.load_wait)
         timed = interleaved({"stream update, runtime": lambda: update("runtime", rs) and None,
                              "window request, runtime": lambda: pipe.predict(win, text) and None,
                              "stream update, triton": lambda: update("triton", ts) and None,

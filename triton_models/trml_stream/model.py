@@ -85,6 +85,7 @@ class TritonPythonModel:
         self.events = {e: self._families[1].Metric(labels={**labels, "event": e})
                        for e in ("opened", "ended", "expired", "refused")}
         self._counted = {e: 0 for e in self.events}
+        self._live_now = -1
         self._metrics_lock = threading.Lock()
         self._publish()
         self._stop = threading.Event()
@@ -103,8 +104,10 @@ class TritonPythonModel:
 
     def _publish(self):
         t = self.table
-        with self._metrics_lock:
-            self.live.set(len(t))
+        with self._metrics_lock:  # each metric call is a round trip to Triton: only when a value changed
+            if len(t) != self._live_now:
+                self._live_now = len(t)
+                self.live.set(self._live_now)
             for event, total in (("opened", t.opened), ("ended", t.ended), ("expired", t.expired),
                                  ("refused", t.refused)):
                 if total > self._counted[event]:

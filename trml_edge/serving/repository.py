@@ -290,8 +290,7 @@ def _plan_versions(bundle) -> dict[str, dict[str, Any]]:
     """Per graph: the TensorRT version its plan was built with, and whether it is version-compatible."""
     engines = bundle.manifest.get("engines") or {}
     return {g: {"version": str(e.get("tensorrt", "")),
-                "version_compatible": bool(e.get("version_compatible") or "VERSION_COMPATIBLE" in
-                                           str(e.get("flags", e.get("build_flags", ""))))}
+                "version_compatible": bool((e.get("build_flags") or {}).get("version_compatible", False))}
             for g, e in engines.items()}
 
 

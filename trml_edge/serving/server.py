@@ -323,6 +323,5 @@ def check_plan_versions(repo: str | Path, tritonserver: str | Path | None = None
         built = ", ".join(f"{g} with {v}" for g, v in sorted(bad.items()))
         raise ServingError(f"TensorRT version mismatch: the plans were built with TensorRT {built}, the server loads "
                            f"TensorRT {server}; rebuild the engines on this machine with `trml-edge build-engines "
-                           "BUNDLE` (its TensorRT must be the server's) and run triton build again, or build "
-                           "version-compatible plans")
+                           "BUNDLE` using the server's TensorRT, then run triton build again")
     return server

@@ -105,7 +105,7 @@ def main() -> None:
            "eval_split": args.eval_split, "gen_warmup_epochs": args.gen_warmup_epochs, "pair_data": args.pair_data,
            "gen_init": args.gen_init, "alpha": args.alpha, "tau": args.tau, "seconds": time.perf_counter() - t0,
            "bayes": limits,
-           "bayes_r2": ceilings,
+           "bayes_r2": ceilings, "foundation": _foundation(data, clip_dir),
            "summary": summary, "diagnosis": diagnosis, "diagnosis_summary": summarize_diagnosis(diagnosis),
            "raw": raw}
     args.out.mkdir(parents=True, exist_ok=True)
@@ -115,6 +115,15 @@ def main() -> None:
     (args.out / "bench_missing.md").write_text(md + "\n")
     print(md)
     print(f"total {time.perf_counter() - t0:.0f} s")
+
+
+def _foundation(data: Path, clip_dir: Path) -> dict:
+    """What the foundation model was pretrained on and how (its pool's captions, its pretraining config)."""
+    synth = data / "synth.json"
+    spec = json.loads(synth.read_text()).get("spec", {}) if synth.is_file() else {}
+    meta = json.loads((clip_dir / "open_clip_config.json").read_text()).get("preprocess_cfg", {})
+    return {"clip": str(clip_dir), "pool_captions": spec.get("pool_captions", "v1"), "pool": spec.get("pool"),
+            "pretrain": meta.get("pretrain"), "final_loss": (meta.get("epoch_losses") or [None])[-1]}
 
 
 def _argv() -> list[str]:

@@ -62,7 +62,7 @@ def pretrain(
     pretrained: Optional[str] = typer.Option(None, help="start from " + PRETRAINED_HELP),
     cache_dir: Optional[Path] = typer.Option(None, help=CACHE_DIR_HELP),
     epochs: int = typer.Option(24),
-    batch_size: int = typer.Option(64),
+    batch_size: int = typer.Option(32, help="contrastive batch (PretrainConfig.batch_size's default)"),
     lr: float = typer.Option(3e-4),
     seed: int = typer.Option(0),
 ) -> None:

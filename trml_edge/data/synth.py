@@ -14,9 +14,10 @@ Per labelled clip:
 * the sentence says how the speaker found a movie, with an adjective, an intensity adverb and sometimes a
   negation whose combined lexicon score is close to ``1.2 * z_t``.
 
-The foundation pool is a separate, larger set of unlabelled image/caption pairs (one face, one caption
-that describes its expression with the same lexicon and names its background colour). It stands to the
-labelled set as CLIP's web-scale pretraining stands to MOSI's 2,199 clips.
+The foundation pool is a separate, larger set of unlabelled image/caption pairs (one face, one caption whose
+sentiment phrase follows its expression with the same lexicon: a description, a transcript-like review
+sentence, or one plain word; ``pool_caption``). It stands to the labelled set as CLIP's web-scale
+pretraining stands to MOSI's 2,199 clips.
 
 The labelled set is written in the MMSA raw layout (``label.csv`` + ``Raw/<video_id>/<clip_id>.mp4``),
 so it is read by the same code as a real CMU-MOSI download.
@@ -135,6 +136,8 @@ def sentence(z_t: float, rng: np.random.Generator) -> str:
 class SynthSpec:
     n: int = 1200  # labelled clips
     pool: int = 6000  # unlabelled image/caption pairs for the foundation pretraining
+    pool_captions: str = "mixed"  # the pool's captions (``POOL_CAPTIONS``; "v1" before issue 18); the labelled set
+    # does not depend on it
     seed: int = 0
 
 
@@ -143,6 +146,7 @@ def generate(out: Path, spec: SynthSpec) -> dict:
     if spec.n < 10:
         raise DataError(f"--n must be at least 10 so every split has clips, got {spec.n}")
     out = Path(out)
+    _check_captions(spec.pool_captions)  # before anything is written
     if (out / "label.csv").exists():
         raise DataError(f"{out} already holds a dataset; choose an empty directory or delete it first")
     require("PIL", "train")
@@ -177,7 +181,7 @@ def generate(out: Path, spec: SynthSpec) -> dict:
         w.writerows(rows)
     tmp.replace(out / "label.csv")
 
-    write_pool(out / "pretrain", spec.pool, spec.seed + 1)
+    write_pool(out / "pretrain", spec.pool, spec.seed + 1, spec.pool_captions)
     summary = {
         "spec": asdict(spec),
         "rho": RHO, "label_weight": LABEL_WEIGHT, "label_noise": LABEL_NOISE,
@@ -188,21 +192,62 @@ def generate(out: Path, spec: SynthSpec) -> dict:
     return summary
 
 
-def write_pool(out: Path, n: int, seed: int) -> None:
-    """The unlabelled foundation pool: ``images.npy`` uint8 [n,64,64,3] and ``captions.txt``."""
+POOL_CAPTIONS = ("mixed", "face", "speech", "coarse", "v1")  # "v1": the first pool's, to reproduce old results
+FACE_TEMPLATES = ["a face that looks {}", "a {} face", "someone looking {}", "a person who seems {}",
+                  "a photo of a face that looks {}"]
+# the web's plainest captions of a face: a word for its expression, five levels from a scowl to a beam
+COARSE = [(-1.5, "a scowling face"), (-0.5, "a frowning face"), (0.5, "a neutral face"), (1.5, "a smiling face"),
+          (np.inf, "a beaming face")]
+
+
+def _check_captions(captions: str) -> None:
+    if captions not in POOL_CAPTIONS:
+        raise DataError(f"unknown pool captions {captions!r}; choose one of {', '.join(POOL_CAPTIONS)}")
+
+
+def pool_caption(expr: float, color: str, rng: np.random.Generator, captions: str = "mixed") -> str:
+    """The caption of one pool face with expression ``expr``: its phrase follows ``expr`` by the lexicon's rule.
+
+    * ``face``: a description of the face in one of a few phrasings;
+    * ``speech``: what the face says, a review sentence built like a transcript (opener, topic, closer);
+    * ``coarse``: one word for the expression, five levels ("a smiling face");
+    * ``mixed``: any of the three, a third each: the web holds every kind of text next to a face;
+    * ``v1``: the first pool's single template, which also names the background colour (a shortcut: the
+      colour is far easier to see than the mouth, so the contrastive loss is partly met by colour alone).
+    """
+    phrase = sentiment_phrase(expr, rng)  # drawn for every kind, so the kinds share one random stream
+    if captions == "v1":
+        return f"a face that looks {phrase} on a {color} background"
+    kind = captions if captions != "mixed" else ("face", "speech", "coarse")[int(rng.integers(3))]
+    if kind == "coarse":
+        return next(text for upper, text in COARSE if expr < upper)
+    if kind == "face":
+        return FACE_TEMPLATES[int(rng.integers(len(FACE_TEMPLATES)))].format(phrase)
+    return f"{rng.choice(OPENERS)}the {rng.choice(TOPICS)} was {phrase}{rng.choice(CLOSERS)}"
+
+
+def write_pool(out: Path, n: int, seed: int, captions: str = "mixed") -> None:
+    """The unlabelled foundation pool: ``images.npy`` uint8 [n,64,64,3] and ``captions.txt``.
+
+    Its own random stream (``seed``), its own faces and captions: no labelled clip or label is read (a caption
+    can equal a labelled sentence by chance, as web text can).
+    """
+    _check_captions(captions)
     out = Path(out)
     rng = np.random.default_rng(seed)
     images = np.empty((n, FRAME_SIZE, FRAME_SIZE, 3), dtype=np.uint8)
-    captions = []
+    caption_list = []
     for i in range(n):
         expr = float(np.clip(rng.normal(0, 1.2), -3, 3))
         style, color = _style(rng)
         images[i] = render_face(expr, rng, style)
-        captions.append(f"a face that looks {sentiment_phrase(expr, rng)} on a {color} background")
+        caption_list.append(pool_caption(expr, color, rng, captions))
     out.mkdir(parents=True, exist_ok=True)
     np.save(out / ".images.tmp.npy", images)
     (out / ".images.tmp.npy").replace(out / "images.npy")
-    (out / "captions.txt").write_text("\n".join(captions) + "\n", encoding="utf-8")
+    tmp = out / ".captions.txt.tmp"
+    tmp.write_text("\n".join(caption_list) + "\n", encoding="utf-8")
+    tmp.replace(out / "captions.txt")
 
 
 def _split_counts(n: int) -> list[int]:

@@ -127,3 +127,89 @@ def generator_quality(model: TRML, data: str | Path, arrays: dict[str, ClipArray
             "probe_corr_generated": float(np.corrcoef(read, z)[0, 1]),
         }
     return out
+
+
+# --- the foundation model alone, on the valid split (how pretraining recipes are compared) ---
+
+def cv_probe(xtr: np.ndarray, ytr: np.ndarray, xva: np.ndarray, yva: np.ndarray, folds: int = 5) -> dict[str, float]:
+    """Ridge probe whose penalty is chosen by k-fold CV on the training rows alone; R^2 and MAE on ``xva``.
+
+    The valid split only scores, so it can compare pretraining recipes without choosing the probe too.
+    """
+    fold = np.arange(len(xtr)) % folds
+    best = None
+    for lam in LAMBDAS:
+        mse = 0.0
+        for k in range(folds):
+            w, b = _ridge(xtr[fold != k], ytr[fold != k], lam)
+            mse += float(((xtr[fold == k] @ w + b - ytr[fold == k]) ** 2).mean())
+        if best is None or mse < best[0]:
+            best = (mse, lam)
+    w, b = _ridge(xtr, ytr, best[1])
+    pred = xva @ w + b
+    return {"r2": 1.0 - float(((pred - yva) ** 2).mean() / yva.var()),
+            "mae": float(np.abs(np.clip(pred, -3, 3) - yva).mean()), "lambda": best[1]}
+
+
+class FoundationProbe:
+    """Valid-split probes of a frozen CLIP: ``z_v`` from the mean frame embedding, ``z_t`` from the sentence
+    embedding, and the label from both (fitted on the whole train split). The clips are decoded once, at
+    the image tower's size; call it with a CLIP (e.g. after each pretraining epoch) to score it."""
+
+    def __init__(self, data: str | Path, image_size: int, max_frames: int = 8):
+        from trml_edge.data.corpus import load_split, read_corpus
+
+        self.data = Path(data)
+        records = read_corpus(self.data)
+        self.arrays = {s: load_split(records, s, max_frames, image_size) for s in ("train", "valid")}
+        self.lat = {s: latents(self.data, a.ids) for s, a in self.arrays.items()}
+
+    @torch.no_grad()
+    def embed(self, clip, split: str, context_length: int = 77) -> tuple[np.ndarray, np.ndarray]:
+        from trml_edge.config import PreprocessConfig
+        from trml_edge.model.backbone import tokenize
+        from trml_edge.model.trml import text_features, trim_tokens
+        from trml_edge.preprocess import normalize
+
+        a, pp = self.arrays[split], PreprocessConfig()
+        mask = torch.from_numpy(a.frame_mask)
+        px = torch.from_numpy(normalize(a.frames[a.frame_mask], pp.mean, pp.std))  # the real frames only
+        frames = torch.cat([F.normalize(clip.encode_image(px[i : i + 256]), dim=-1) for i in range(0, len(px), 256)])
+        full = torch.zeros(*mask.shape, frames.shape[1])
+        full[mask] = frames
+        m = mask.float().unsqueeze(-1)
+        v = F.normalize((full * m).sum(1) / m.sum(1).clamp_min(1.0), dim=-1).numpy()
+        tok = tokenize(a.texts, context_length)
+        t = torch.cat([F.normalize(text_features(clip, trim_tokens(clip, tok[i : i + 256])), dim=-1)
+                       for i in range(0, len(tok), 256)]).numpy()
+        return v, t
+
+    def __call__(self, clip) -> dict[str, float]:
+        was_training = clip.training
+        clip.eval()
+        (vtr, ttr), (vva, tva) = self.embed(clip, "train"), self.embed(clip, "valid")
+        clip.train(was_training)
+        ytr, yva = (self.arrays[s].labels.astype(np.float64) for s in ("train", "valid"))
+        return {"z_v|visual r2": cv_probe(vtr, self.lat["train"][:, 0], vva, self.lat["valid"][:, 0])["r2"],
+                "z_t|text r2": cv_probe(ttr, self.lat["train"][:, 1], tva, self.lat["valid"][:, 1])["r2"],
+                "y|both mae": cv_probe(np.concatenate([ttr, vtr], 1), ytr, np.concatenate([tva, vva], 1), yva)["mae"]}
+
+
+def main() -> None:
+    """``python -m trml_edge.eval.diagnose DATA CLIP_DIR``: the valid-split probes of a pretrained CLIP."""
+    import argparse
+    import json
+
+    from trml_edge.model.backbone import build_clip, image_size
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("data", type=Path)
+    ap.add_argument("clip", type=Path, help="open_clip local dir (open_clip_config.json + open_clip_model.safetensors)")
+    args = ap.parse_args()
+    cfg = json.loads((args.clip / "open_clip_config.json").read_text())["model_cfg"]
+    clip = build_clip(cfg, args.clip / "open_clip_model.safetensors")
+    print(json.dumps({k: round(v, 3) for k, v in FoundationProbe(args.data, image_size(cfg))(clip).items()}))
+
+
+if __name__ == "__main__":
+    main()

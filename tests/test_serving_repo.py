@@ -20,7 +20,8 @@ from trml_edge.errors import MissingModalityError, RequestError, ServingError
 from trml_edge.graphs import GRAPH_NAMES, GRAPHS
 from trml_edge.routing import (COMPLETE, TEXT_MISSING, VISUAL_MISSING, RequestLimits, check_frames, check_text,
                                group_by_scenario, pick_frames, route)
-from trml_edge.serving.repository import CORE_MODULES, RepoConfig, build_repository, core_sources
+from trml_edge.serving.configs import CORE_MODULES, core_sources
+from trml_edge.serving.repository import RepoConfig, build_repository
 
 ONNX_TO_TRITON = {onnx.TensorProto.FLOAT: "TYPE_FP32", onnx.TensorProto.INT64: "TYPE_INT64",
                   onnx.TensorProto.BOOL: "TYPE_BOOL"}

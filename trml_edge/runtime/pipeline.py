@@ -7,7 +7,6 @@ is refused with MissingModalityError.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,16 +15,11 @@ from trml_edge.preprocess import preprocess
 from trml_edge.routing import (COMPLETE, ROUTES, TEXT_MISSING, VIRTUAL_MODALITY, VISUAL_MISSING, RequestLimits,
                                check_frames, check_text, pick_frames, route, trim_to_eot)
 from trml_edge.runtime.bundle import Bundle, load_bundle
+from trml_edge.runtime.prediction import Prediction
+from trml_edge.runtime.stream import Stream
 from trml_edge.tokenizer import BPETokenizer
 
 __all__ = ["COMPLETE", "ROUTES", "TEXT_MISSING", "VISUAL_MISSING", "Pipeline", "Prediction", "route", "trim_to_eot"]
-
-
-@dataclass
-class Prediction:
-    output: np.ndarray  # () regression score or (C,) class logits
-    virtual_modality: str  # "", "visual" or "text": which embedding the generator produced
-    graphs: tuple[str, ...]  # the graphs that actually ran for this request, in order
 
 
 class Pipeline:
@@ -100,8 +94,6 @@ class Pipeline:
     def stream(self):
         """A new ``Stream`` on this pipeline: ``push(frames=None, text=None)`` scores the window at the cost
         of its new frames."""
-        from trml_edge.runtime.stream import Stream  # stream.py builds on this module, so imported here
-
         return Stream(self)
 
     # --- a labelled batch (evaluation): each sample routed by its own masks ---

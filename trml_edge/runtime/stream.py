@@ -21,14 +21,14 @@ import numpy as np
 
 from trml_edge.errors import RequestError
 from trml_edge.routing import TEXT_MISSING, VIRTUAL_MODALITY, VISUAL_MISSING, check_frames, check_text
-from trml_edge.runtime.pipeline import Pipeline, Prediction
+from trml_edge.runtime.prediction import Prediction
 from trml_edge.streaming import StreamState, burst_tail
 
 
 class Stream:
     """One stream on a ``Pipeline``. Not thread safe: one stream per caller (streams are cheap)."""
 
-    def __init__(self, pipe: Pipeline):
+    def __init__(self, pipe):  # a trml_edge.runtime.Pipeline (Pipeline.stream() makes the stream)
         self.pipe = pipe
         self.state = StreamState(pipe.max_frames)
 

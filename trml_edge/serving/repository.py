@@ -34,40 +34,20 @@ from typing import Any
 
 import trml_edge
 from trml_edge.config import publish_dir
-from trml_edge.errors import ConfigError, MissingDependencyError, ServingError
+from trml_edge.errors import ConfigError, ServingError
 from trml_edge.graphs import GRAPH_NAMES, GRAPHS, PROFILES, GraphSpec
 from trml_edge.routing import ROUTES, SCENARIOS, RequestLimits
+from trml_edge.serving.configs import (TRITON_DTYPES, copy_router_code, ensemble_batch, ensemble_io, protobuf,
+                                       templates_dir,
+                                       triton_dims, write_config, write_ensemble)
 
 BACKENDS = ("onnxruntime", "tensorrt", "python")
 ROUTER = "trml"
-CORE_PACKAGE = "trml_core"
-# The package's leaf modules the router needs: numpy + standard library + each other (relative imports) only.
-CORE_MODULES = ("errors", "graphs", "preprocess", "routing", "tokenizer")
 ROUTER_FILE = "router.json"
-BLS_MODULE = "trml_bls.py"  # triton_models/common/: the BLS calls every router makes
 ENSEMBLES = {s: f"{ROUTER}_{s}" for s in SCENARIOS}  # scenario -> its ensemble model
 # Graphs the router calls itself: the image encoder's batch axis is frames, every later graph's is clips, and
 # an ensemble cannot regroup a batch axis.
 ROUTER_CALLS = ("image_encoder",)
-TRITON_DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64", "int32": "TYPE_INT32",
-                 "bool": "TYPE_BOOL", "uint8": "TYPE_UINT8"}
-
-
-def templates_dir() -> Path:
-    """The ``triton_models/`` templates: the source tree's folder, or its copy in the wheel."""
-    from trml_edge import assets
-
-    root = assets.triton_templates()
-    if not (root / ROUTER / "model.py").is_file():
-        raise ServingError(f"the Triton templates are not at {root}; reinstall trml-edge "
-                           "(pip install --force-reinstall trml-edge, or pip install -e . in a clone)")
-    return root
-
-
-def core_sources() -> dict[str, Path]:
-    """Module name -> the package file that the router's ``trml_core/`` copy must equal byte for byte."""
-    pkg = Path(trml_edge.__file__).resolve().parent
-    return {m: pkg / f"{m}.py" for m in CORE_MODULES}
 
 
 @dataclass
@@ -119,30 +99,12 @@ class RepoConfig:
             raise ConfigError(f"request limits must be positive, got {lim}")
 
 
-def _pb():
-    try:
-        from google.protobuf import text_format
-        from tritonclient.grpc import model_config_pb2
-    except ImportError as e:
-        raise MissingDependencyError("building a Triton repository needs tritonclient's protobuf model config; "
-                                     "install it with: pip install 'trml-edge[serve]'") from e
-    return model_config_pb2, text_format
-
-
 def _batch_axis(spec: GraphSpec) -> str:
     """The dynamic axis every input and output of a graph starts with: Triton's batch dimension."""
     axes = {t.shape[0] for t in spec.inputs + spec.outputs}
     if len(axes) != 1 or next(iter(axes)) not in PROFILES:
         raise ServingError(f"graph {spec.name} has no common leading dynamic axis ({axes}); it cannot be batched")
     return next(iter(axes))
-
-
-def _dims(shape: tuple, dims: dict[str, int], batched: bool = True) -> list[int]:
-    """A spec shape as Triton dims: model dimensions as numbers, dynamic axes as -1. A batched model
-    (``max_batch_size`` > 0) leaves out the batch axis, which Triton adds; an unbatched one keeps it, so the
-    rank always equals the graph's (and its engine's)."""
-    return [-1 if isinstance(d, str) and d in PROFILES else int(dims[d] if isinstance(d, str) else d)
-            for d in (shape[1:] if batched else shape)]
 
 
 def _profile_max(entry: dict[str, Any], spec: GraphSpec) -> int:
@@ -157,7 +119,7 @@ def graph_config(spec: GraphSpec, entry: dict[str, Any], dims: dict[str, int], c
 
     ``ort_level`` is the ORT graph optimization level the bundle records for the graph (the runtime's own).
     """
-    mc, _ = _pb()
+    mc, _ = protobuf()
     s = cfg.graphs
     c = mc.ModelConfig(name=spec.name)
     if cfg.backend == "tensorrt":
@@ -180,7 +142,7 @@ def graph_config(spec: GraphSpec, entry: dict[str, Any], dims: dict[str, int], c
         for t in specs:
             io = add()
             io.name, io.data_type = t.name, getattr(mc, TRITON_DTYPES[t.dtype])
-            io.dims.extend(_dims(t.shape, dims, c.max_batch_size > 0))
+            io.dims.extend(triton_dims(t.shape, dims, c.max_batch_size > 0))
     if c.max_batch_size > 0:
         c.dynamic_batching.max_queue_delay_microseconds = s.max_queue_delay_us
     kind = s.kind if s.kind != "auto" else ("gpu" if cfg.backend == "tensorrt" else "cpu")
@@ -193,7 +155,7 @@ def graph_config(spec: GraphSpec, entry: dict[str, Any], dims: dict[str, int], c
 
 def router_config(dims: dict[str, int], cfg: RepoConfig, manifest_sha: str):
     """Triton's ModelConfig for the ``trml`` BLS router."""
-    mc, _ = _pb()
+    mc, _ = protobuf()
     s = cfg.router
     c = mc.ModelConfig(name=ROUTER, backend="python", max_batch_size=s.max_batch_size or 0)
     text = c.input.add()
@@ -222,55 +184,9 @@ def router_config(dims: dict[str, int], cfg: RepoConfig, manifest_sha: str):
     return c
 
 
-def _wire(name: str) -> str:
-    """The ensemble tensor a graph output feeds: a generator's virtual ``x_hat`` stands in for ``x``."""
-    return name[: -len("_hat")] if name.endswith("_hat") else name
-
-
 def ensemble_steps(scenario: str) -> tuple[str, ...]:
     """The graphs of a scenario's ensemble: its route without the graphs the router calls itself."""
     return tuple(g for g in ROUTES[scenario] if g not in ROUTER_CALLS)
-
-
-def ensemble_io(scenario: str) -> tuple[list, Any]:
-    """(inputs the router feeds, the final output) of a scenario's ensemble, as TensorSpecs."""
-    steps = ensemble_steps(scenario)
-    produced = {_wire(t.name) for g in steps for t in GRAPHS[g].outputs}
-    inputs = {}
-    for g in steps:
-        for t in GRAPHS[g].inputs:
-            if t.name not in produced:
-                inputs.setdefault(t.name, t)
-    return list(inputs.values()), GRAPHS[steps[-1]].outputs[0]
-
-
-def ensemble_config(scenario: str, dims: dict[str, int], graph_max: dict[str, int]):
-    """Triton's ModelConfig of one scenario's ensemble, wired from the I/O declaration and the route."""
-    mc, _ = _pb()
-    steps = ensemble_steps(scenario)
-    batch = min(graph_max[g] for g in steps)  # an ensemble batches no larger than its smallest step
-    if batch == 0 and any(graph_max[g] for g in steps):
-        raise ConfigError("the graph models must all batch (max_batch_size > 0) or none of them may")
-    c = mc.ModelConfig(name=ENSEMBLES[scenario], platform="ensemble", max_batch_size=batch)
-    inputs, final = ensemble_io(scenario)
-    for specs, add in ((inputs, c.input.add), ((final,), c.output.add)):
-        for t in specs:
-            io = add()
-            io.name, io.data_type = t.name, getattr(mc, TRITON_DTYPES[t.dtype])
-            io.dims.extend(_dims(t.shape, dims, batch > 0))
-    for g in steps:
-        step = c.ensemble_scheduling.step.add()
-        step.model_name, step.model_version = g, -1
-        for t in GRAPHS[g].inputs:
-            step.input_map[t.name] = t.name
-        for t in GRAPHS[g].outputs:
-            step.output_map[t.name] = _wire(t.name)
-    return c
-
-
-def write_config(config, path: Path) -> None:
-    _, text_format = _pb()
-    path.write_text(text_format.MessageToString(config), encoding="utf-8")
 
 
 def _model_file(bundle, graph: str, backend: str) -> tuple[Path, str]:
@@ -327,21 +243,10 @@ def build_repository(cfg: RepoConfig) -> Path:
             write_config(config, tmp / name / "config.pbtxt")
 
         for scenario, name in ENSEMBLES.items():
-            (tmp / name / "1").mkdir(parents=True)  # an ensemble has no files, but Triton wants a version
-            write_config(ensemble_config(scenario, dims, graph_max), tmp / name / "config.pbtxt")
+            write_ensemble(tmp, name, ensemble_steps(scenario), dims, graph_max)
 
         version = tmp / ROUTER / "1"
-        (version / CORE_PACKAGE).mkdir(parents=True)
-        shutil.copyfile(templates / ROUTER / "model.py", version / "model.py")
-        shutil.copyfile(templates / "common" / BLS_MODULE, version / BLS_MODULE)
-        copies = {}
-        for module, src in core_sources().items():
-            shutil.copyfile(src, version / CORE_PACKAGE / src.name)
-            copies[module] = sha256_file(src)
-        (version / CORE_PACKAGE / "__init__.py").write_text(
-            '"""Byte-identical copies of trml_edge\'s torch-free leaf modules, made by `trml-edge triton build`.\n\n'
-            'Do not edit: regenerate the repository instead (router.json lists each file\'s sha256)."""\n',
-            encoding="utf-8")
+        copies = copy_router_code(version, ROUTER, listed_in=ROUTER_FILE)
         tok = manifest["tokenizer"]
         (version / Path(tok["file"]).parent).mkdir(parents=True, exist_ok=True)
         shutil.copyfile(bundle.root / tok["file"], version / tok["file"])
@@ -359,9 +264,9 @@ def build_repository(cfg: RepoConfig) -> Path:
             "image_encoder": {"model": "image_encoder", "input": GRAPHS["image_encoder"].inputs[0].name,
                               "output": GRAPHS["image_encoder"].outputs[0].name,
                               "max_batch": graph_max["image_encoder"]},
-            "ensembles": {s: {"model": ENSEMBLES[s], "inputs": [t.name for t in ensemble_io(s)[0]],
-                              "output": ensemble_io(s)[1].name,
-                              "max_batch": min(graph_max[g] for g in ensemble_steps(s))} for s in SCENARIOS},
+            "ensembles": {s: {"model": ENSEMBLES[s], "inputs": [t.name for t in ensemble_io(ensemble_steps(s))[0]],
+                              "output": ensemble_io(ensemble_steps(s))[1][0].name,
+                              "max_batch": ensemble_batch(ensemble_steps(s), graph_max)} for s in SCENARIOS},
             "tensorrt": _plan_versions(bundle) if cfg.backend == "tensorrt" else {},
             "limits": asdict(cfg.limits), "core_modules": copies,
         }

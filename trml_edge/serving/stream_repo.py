@@ -39,10 +39,10 @@ from pathlib import Path
 import trml_edge
 from trml_edge.errors import ConfigError
 from trml_edge.graphs import GRAPH_NAMES
+from trml_edge.serving.configs import copy_router_code, ensemble_batch, ensemble_io, protobuf, write_config, write_ensemble
 
 STREAM_ROUTER = "trml_stream"
 STREAM_FILE = "stream.json"
-BLS_FILE = "trml_bls.py"  # triton_models/common/
 STREAM_CORE = ("streaming",)  # leaf modules the stream router needs on top of the trml router's
 # scenario -> (ensemble model, its graphs in order): the chain after the image encoder of an update with frames
 STREAM_ENSEMBLES = {
@@ -81,9 +81,7 @@ class StreamSettings:
 
 def stream_config(dims: dict[str, int], cfg, settings: StreamSettings, manifest_sha: str):
     """Triton's ModelConfig of ``trml_stream``."""
-    from trml_edge.serving.repository import _pb
-
-    mc, _ = _pb()
+    mc, _ = protobuf()
     c = mc.ModelConfig(name=STREAM_ROUTER, backend="python", max_batch_size=settings.max_batch_size)
     text = c.input.add()
     text.name, text.data_type, text.optional, text.allow_ragged_batch = "TEXT", mc.TYPE_STRING, True, True
@@ -123,70 +121,20 @@ def stream_config(dims: dict[str, int], cfg, settings: StreamSettings, manifest_
 
 
 def stream_ensemble_io(steps: tuple[str, ...]) -> tuple[list, list]:
-    """(inputs the router feeds, outputs: the head's and ``v``) of a stream ensemble, as TensorSpecs; wired by
-    tensor name as the ``trml`` ensembles are (a generator's ``x_hat`` feeds ``x``)."""
-    from trml_edge.graphs import GRAPHS
-    from trml_edge.serving.repository import _wire
-
-    produced = {_wire(t.name): t for g in steps for t in GRAPHS[g].outputs}
-    inputs = {}
-    for g in steps:
-        for t in GRAPHS[g].inputs:
-            if t.name not in produced:
-                inputs.setdefault(t.name, t)
-    return list(inputs.values()), [GRAPHS[steps[-1]].outputs[0], produced[KEEP]]
-
-
-def stream_ensemble_config(name: str, steps: tuple[str, ...], dims: dict[str, int], graph_max: dict[str, int]):
-    """Triton's ModelConfig of one stream ensemble."""
-    from trml_edge.graphs import GRAPHS
-    from trml_edge.serving.repository import TRITON_DTYPES, _dims, _pb, _wire
-
-    mc, _ = _pb()
-    batch = min(graph_max[g] for g in steps)
-    if batch == 0 and any(graph_max[g] for g in steps):
-        raise ConfigError("the graph models must all batch (max_batch_size > 0) or none of them may")
-    c = mc.ModelConfig(name=name, platform="ensemble", max_batch_size=batch)
-    inputs, outputs = stream_ensemble_io(steps)
-    for specs, add in ((inputs, c.input.add), (outputs, c.output.add)):
-        for t in specs:
-            io = add()
-            io.name, io.data_type = _wire(t.name), getattr(mc, TRITON_DTYPES[t.dtype])
-            io.dims.extend(_dims(t.shape, dims, batch > 0))
-    for g in steps:
-        step = c.ensemble_scheduling.step.add()
-        step.model_name, step.model_version = g, -1
-        for t in GRAPHS[g].inputs:
-            step.input_map[t.name] = t.name
-        for t in GRAPHS[g].outputs:
-            step.output_map[t.name] = _wire(t.name)
-    return c
+    """(inputs the router feeds, outputs: the head's and ``v``) of a stream ensemble, as TensorSpecs."""
+    return ensemble_io(steps, (KEEP,))
 
 
 def add_stream_router(tmp: Path, cfg, bundle, graph_max: dict[str, int]) -> None:
     """Write ``trml_stream`` into the repository being assembled at ``tmp`` (graph models already there)."""
     from trml_edge.runtime.bundle import MANIFEST, sha256_file
-    from trml_edge.serving.repository import CORE_PACKAGE, core_sources, templates_dir, write_config
 
     settings = getattr(cfg, "stream", None) or StreamSettings()
     if not settings.enabled:
         return
     settings.validate()
-    templates = templates_dir()
     version = tmp / STREAM_ROUTER / "1"
-    (version / CORE_PACKAGE).mkdir(parents=True)
-    shutil.copyfile(templates / STREAM_ROUTER / "model.py", version / "model.py")
-    shutil.copyfile(templates / "common" / BLS_FILE, version / BLS_FILE)
-    pkg = Path(trml_edge.__file__).resolve().parent
-    sources = {**core_sources(), **{m: pkg / f"{m}.py" for m in STREAM_CORE}}
-    copies = {}
-    for module, src in sources.items():
-        shutil.copyfile(src, version / CORE_PACKAGE / src.name)
-        copies[module] = sha256_file(src)
-    (version / CORE_PACKAGE / "__init__.py").write_text(
-        '"""Byte-identical copies of trml_edge\'s torch-free leaf modules, made by `trml-edge triton build`.\n\n'
-        'Do not edit: regenerate the repository instead (stream.json lists each file\'s sha256)."""\n',
-        encoding="utf-8")
+    copies = copy_router_code(version, STREAM_ROUTER, STREAM_CORE, listed_in=STREAM_FILE)
     manifest = bundle.manifest
     tok = manifest["tokenizer"]
     (version / Path(tok["file"]).parent).mkdir(parents=True, exist_ok=True)
@@ -201,7 +149,7 @@ def add_stream_router(tmp: Path, cfg, bundle, graph_max: dict[str, int]) -> None
         "graph_models": {g: g for g in GRAPH_NAMES}, "graph_max_batch": {g: int(graph_max[g]) for g in GRAPH_NAMES},
         "ensembles": {s: {"model": name, "inputs": [t.name for t in stream_ensemble_io(steps)[0]],
                           "outputs": [t.name for t in stream_ensemble_io(steps)[1]],
-                          "max_batch": min(int(graph_max[g]) for g in steps)}
+                          "max_batch": ensemble_batch(steps, graph_max)}
                       for s, (name, steps) in STREAM_ENSEMBLES.items()},
         "stream": asdict(settings), "core_modules": copies,
     }
@@ -209,6 +157,4 @@ def add_stream_router(tmp: Path, cfg, bundle, graph_max: dict[str, int]) -> None
     write_config(stream_config(manifest["model"]["dims"], cfg, settings, manifest_sha),
                  tmp / STREAM_ROUTER / "config.pbtxt")
     for name, steps in STREAM_ENSEMBLES.values():
-        (tmp / name / "1").mkdir(parents=True)  # an ensemble has no files, but Triton wants a version folder
-        write_config(stream_ensemble_config(name, steps, manifest["model"]["dims"], graph_max),
-                     tmp / name / "config.pbtxt")
+        write_ensemble(tmp, name, steps, manifest["model"]["dims"], graph_max, (KEEP,))

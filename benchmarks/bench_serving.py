@@ -265,7 +265,8 @@ def main() -> None:
 
 
 # --- streams (issue 19): an update with one new frame against a stateless request with the whole window ---
-STREAM_GOALS = {"tiny": 0.5, "trml-tiny": 0.5, "ViT-B-32": 0.25}  # update / window request, p50, through Triton and runtime
+# update / window request, p50, through Triton and runtime
+STREAM_GOALS = {"tiny": 0.5, "trml-tiny": 0.5, "ViT-B-32": 0.25}
 
 
 def image_encoder_frames(url: str) -> int:

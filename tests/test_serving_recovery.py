@@ -103,9 +103,10 @@ def test_killed_stubs_are_reloaded_under_load(cases):
         events = list(srv.supervisor.events) if srv.supervisor else []
         srv.stop()
 
-    print(f"\nrecovery: {len(results)} requests, {len(failures := [r for _, _, r in results if isinstance(r, Exception)])} "
-          f"failed; reloads {[(e['model'], round(e.get('seconds', 0), 2)) for e in events if e['event'] != 'detected']}; "
-          f"failure kinds {sorted({str(r)[:90] for r in failures})[:4]}")
+    failed = [r for _, _, r in results if isinstance(r, Exception)]
+    reloads = [(e["model"], round(e.get("seconds", 0), 2)) for e in events if e["event"] != "detected"]
+    print(f"\nrecovery: {len(results)} requests, {len(failed)} failed; reloads {reloads}; "
+          f"failure kinds {sorted({str(r)[:90] for r in failed})[:4]}")
     assert len(results) > 100
     failures = [(tm, r) for tm, _, r in results if isinstance(r, Exception)]
     wrong = [(k, r) for _, k, r in results if not isinstance(r, Exception) and abs(r - cases[k][2]) > TOL]

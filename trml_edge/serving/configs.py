@@ -134,3 +134,22 @@ def copy_router_code(version: Path, router: str, extra: tuple[str, ...] = (), li
         f'Do not edit: regenerate the repository instead ({listed_in} lists each file\'s sha256)."""\n',
         encoding="utf-8")
     return copies
+
+
+def add_router_io(c, classes: int, ragged: bool) -> None:
+    """The I/O every trml router shares: optional ``TEXT`` (one utf-8 string) and ``FRAMES`` (uint8 [n, H, W, 3]),
+    ``OUTPUT`` (score or ``classes`` logits) and ``VIRTUAL_MODALITY``. ``ragged``: a batch may mix clips of
+    different lengths and sizes (the router pads)."""
+    mc, _ = protobuf()
+    text = c.input.add()
+    text.name, text.data_type, text.optional, text.allow_ragged_batch = "TEXT", mc.TYPE_STRING, True, ragged
+    text.dims.append(1)
+    frames = c.input.add()
+    frames.name, frames.data_type, frames.optional, frames.allow_ragged_batch = "FRAMES", mc.TYPE_UINT8, True, ragged
+    frames.dims.extend([-1, -1, -1, 3])
+    out = c.output.add()
+    out.name, out.data_type = "OUTPUT", mc.TYPE_FP32
+    out.dims.append(classes)
+    virtual = c.output.add()
+    virtual.name, virtual.data_type = "VIRTUAL_MODALITY", mc.TYPE_STRING
+    virtual.dims.append(1)

@@ -19,7 +19,8 @@
 Every ``config.pbtxt`` is built as Triton's own ``ModelConfig`` protobuf from the I/O declaration in
 ``trml_edge.graphs``, the routes in ``trml_edge.routing`` and the bundle's manifest (dims, TensorRT
 profiles); no name, dtype or dim is typed here a second time. The ensembles are wired by tensor name: a
-graph's input is fed by the graph output of the same name, and a generator's ``x_hat`` stands in for ``x``. The repository is assembled in a hidden directory beside ``out`` and renamed into place.
+graph's input is fed by the graph output of the same name, and a generator's ``x_hat`` stands in for ``x``.
+The repository is assembled in a hidden directory beside ``out`` and renamed into place.
 """
 
 from __future__ import annotations
@@ -37,9 +38,8 @@ from trml_edge.config import publish_dir
 from trml_edge.errors import ConfigError, ServingError
 from trml_edge.graphs import GRAPH_NAMES, GRAPHS, PROFILES, GraphSpec
 from trml_edge.routing import ROUTES, SCENARIOS, RequestLimits
-from trml_edge.serving.configs import (TRITON_DTYPES, copy_router_code, ensemble_batch, ensemble_io, protobuf,
-                                       templates_dir,
-                                       triton_dims, write_config, write_ensemble)
+from trml_edge.serving.configs import (TRITON_DTYPES, add_router_io, copy_router_code, ensemble_batch, ensemble_io,
+                                       protobuf, templates_dir, triton_dims, write_config, write_ensemble)
 
 BACKENDS = ("onnxruntime", "tensorrt", "python")
 ROUTER = "trml"
@@ -158,21 +158,8 @@ def router_config(dims: dict[str, int], cfg: RepoConfig, manifest_sha: str):
     mc, _ = protobuf()
     s = cfg.router
     c = mc.ModelConfig(name=ROUTER, backend="python", max_batch_size=s.max_batch_size or 0)
-    text = c.input.add()
-    text.name, text.data_type, text.optional = "TEXT", mc.TYPE_STRING, True
-    text.dims.append(1)
-    frames = c.input.add()
-    frames.name, frames.data_type, frames.optional = "FRAMES", mc.TYPE_UINT8, True
-    frames.dims.extend([-1, -1, -1, 3])
-    out = c.output.add()
-    out.name, out.data_type = "OUTPUT", mc.TYPE_FP32
-    out.dims.append(dims["classes"])
-    virtual = c.output.add()
-    virtual.name, virtual.data_type = "VIRTUAL_MODALITY", mc.TYPE_STRING
-    virtual.dims.append(1)
+    add_router_io(c, dims["classes"], ragged=c.max_batch_size > 0)
     if c.max_batch_size > 0:
-        # requests carry clips of different lengths and sizes: batch them anyway, the router pads
-        text.allow_ragged_batch = frames.allow_ragged_batch = True
         c.dynamic_batching.max_queue_delay_microseconds = s.max_queue_delay_us
     group = c.instance_group.add()
     group.count, group.kind = s.instances, mc.ModelInstanceGroup.KIND_CPU

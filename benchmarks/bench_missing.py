@@ -56,7 +56,7 @@ def main() -> None:
     ap.add_argument("--protocols", nargs="+", default=["either", "victim"], choices=["either", "victim"])
     ap.add_argument("--ratios", type=float, nargs="+", default=[0.1, 0.5], help="victim protocol: complete ratios")
     ap.add_argument("--epochs", type=int, default=30)
-    ap.add_argument("--pretrain-epochs", type=int, default=24)
+    ap.add_argument("--pretrain-epochs", type=int, default=PretrainConfig.epochs)
     ap.add_argument("--eval-split", default="test", choices=["test", "valid"])
     ap.add_argument("--gen-warmup-epochs", type=int, default=TrainConfig.gen_warmup_epochs)
     ap.add_argument("--pair-data", default=TrainConfig.pair_data, choices=["labelled", "train_split"])
@@ -73,7 +73,7 @@ def main() -> None:
     data = args.data or args.out / "data"
     clip_dir = args.clip or args.out / "clip"
     if not (data / "synth.json").is_file():
-        generate(data, SynthSpec(n=1200, pool=6000, seed=0))
+        generate(data, SynthSpec(n=1200, seed=0))  # the default pool
     weights = clip_dir / "open_clip_model.safetensors"
     if not weights.is_file():
         pretrain(PretrainConfig(pool=str(data / "pretrain"), out=str(clip_dir), epochs=args.pretrain_epochs))

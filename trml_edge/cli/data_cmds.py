@@ -17,7 +17,7 @@ app.add_typer(data_app, name="data")
 def synth(
     out: Path = typer.Argument(..., help="directory to create"),
     n: int = typer.Option(1200, "--n", help="labelled clips"),
-    pool: int = typer.Option(6000, help="unlabelled image/caption pairs for `trml-edge pretrain`"),
+    pool: int = typer.Option(12000, help="unlabelled image/caption pairs for `trml-edge pretrain`"),
     seed: int = typer.Option(0, help="random seed; the same seed gives the same files"),
 ) -> None:
     """Generate the built-in synthetic sentiment benchmark (MMSA layout + a pretraining pool)."""

@@ -35,8 +35,8 @@ def _complete_bundle(path: Path) -> bool:
 def demo(
     out: Path = typer.Option(Path("demo_out"), "--out", help="working directory; finished steps are reused"),
     n: int = typer.Option(1200, help="labelled clips in the synthetic benchmark"),
-    pool: int = typer.Option(6000, help="image/caption pairs for the CLIP pretraining"),
-    pretrain_epochs: int = typer.Option(24),
+    pool: int = typer.Option(12000, help="image/caption pairs for the CLIP pretraining"),
+    pretrain_epochs: int = typer.Option(12),
     epochs: int = typer.Option(30),
     seed: int = typer.Option(0),
     calibration_samples: int = typer.Option(128, help="clips in the INT8 calibration set"),

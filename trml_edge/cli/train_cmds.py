@@ -61,7 +61,7 @@ def pretrain(
     backbone: str = typer.Option("trml-tiny", help="open_clip architecture name or JSON file"),
     pretrained: Optional[str] = typer.Option(None, help="start from " + PRETRAINED_HELP),
     cache_dir: Optional[Path] = typer.Option(None, help=CACHE_DIR_HELP),
-    epochs: int = typer.Option(24),
+    epochs: int = typer.Option(12),
     batch_size: int = typer.Option(32, help="contrastive batch (PretrainConfig.batch_size's default)"),
     lr: float = typer.Option(3e-4),
     seed: int = typer.Option(0),

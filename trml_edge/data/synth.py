@@ -135,7 +135,7 @@ def sentence(z_t: float, rng: np.random.Generator) -> str:
 @dataclass
 class SynthSpec:
     n: int = 1200  # labelled clips
-    pool: int = 6000  # unlabelled image/caption pairs for the foundation pretraining
+    pool: int = 12000  # unlabelled image/caption pairs for the foundation pretraining (6,000 overfit: issue 18)
     pool_captions: str = "mixed"  # the pool's captions (``POOL_CAPTIONS``; "v1" before issue 18); the labelled set
     # does not depend on it
     seed: int = 0

@@ -32,7 +32,7 @@ class PretrainConfig:
     out: str = ""
     arch: str = "trml-tiny"
     epochs: int = 12  # over a 12,000-pair pool: 4,500 steps; the towers first sit on a plateau (loss log(batch))
-    batch_size: int = 32  # 64 halves the steps: on 6,000 pairs still on the plateau after 5 of 8 epochs (docs/results.md, section 0)
+    batch_size: int = 32  # 64: half the steps (docs/results.md, section 0)
     lr: float = 3e-4  # 1e-3 did not leave the plateau sooner (measured over 4 epochs)
     weight_decay: float = 0.1  # on matrices only; gains, biases, embeddings and the temperature are exempt
     seed: int = 0

@@ -317,7 +317,8 @@ def test_one_ensemble_per_scenario_wired_as_the_design_says():
         assert ens_inputs == {t for ins in expected.values() for t, src in ins.items() if src == "<in>"}
         assert cfg.max_batch_size == min(graph_max[m] for m in expected)
         assert router["ensembles"][scenario] == {"model": name, "inputs": [t.name for t in cfg.input],
-                                                 "output": "output", "max_batch": cfg.max_batch_size}
+                                                 "output": "output", "max_batch": cfg.max_batch_size,
+                                                 "steps": [st.model_name for st in cfg.ensemble_scheduling.step]}
     assert router["image_encoder"]["model"] == "image_encoder"
 
 

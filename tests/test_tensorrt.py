@@ -173,13 +173,14 @@ def _engine_vs_ort(path, graph: str, budget_cos: float):
     import tensorrt as trt
 
     from trml_edge.export.tensorrt import sample_feeds
-    from trml_edge.export.trt_runner import EngineRunner, compare
+    from trml_edge.export.trt_runner import EngineRunner
+    from trml_edge.metrics import output_error
 
     b = load_bundle(path)
     feeds = sample_feeds(b, graph, seed=7)
     with EngineRunner(trt, path / b.manifest["engines"][graph]["file"]) as runner:
         got = runner.run(feeds)[b.graphs[graph]["outputs"][0]["name"]]
-    res = compare(b.session(graph).run(None, feeds)[0], got)
+    res = output_error(b.session(graph).run(None, feeds)[0], got)
     assert res["min_cos"] >= budget_cos, (graph, res)
 
 

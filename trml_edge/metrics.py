@@ -88,3 +88,15 @@ def json_ready(metrics: dict[str, float]) -> tuple[dict[str, float | None], dict
     """(``metrics`` with ``None`` for each undefined value, {metric: why it is undefined}) for a JSON report."""
     reasons = undefined_reasons(metrics)
     return {k: None if k in reasons else v for k, v in metrics.items()}, reasons
+
+
+def output_error(ref: np.ndarray, got: np.ndarray) -> dict[str, float]:
+    """A converted graph's output against its reference: max |ref - got| and the smallest row cosine (a shape
+    mismatch is infinitely wrong). Numpy only, so the export gate and a GPU target (no torch) share it."""
+    ref, got = np.asarray(ref, np.float64), np.asarray(got, np.float64)
+    if ref.shape != got.shape:
+        return {"max_abs": float("inf"), "min_cos": -1.0}
+    a, b = (ref, got) if ref.ndim > 1 and ref.shape[-1] > 1 else (ref.reshape(1, -1), got.reshape(1, -1))
+    den = np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)
+    cos = np.where(den > 0, (a * b).sum(-1) / np.maximum(den, 1e-30), 1.0)
+    return {"max_abs": float(np.abs(ref - got).max()), "min_cos": float(cos.min())}

@@ -31,12 +31,13 @@ _DOWN = ("is not healthy", "not ready", "unavailable", "unknown model", "is not 
 class GraphCallError(Exception):
     """A model behind the router failed. ``retryable``: it is down or reloading (answer 503, not 500)."""
 
-    def __init__(self, model, message, retryable):
+    def __init__(self, model, message, retryable, steps=()):
         # inside an ensemble the failing step is named by its dead stub ("Stub process 'text_encoder_0_0' ..."):
-        # name that model, the one being reloaded, rather than the ensemble
+        # name that model, the one being reloaded; an ensemble unloaded with it names its steps instead
         stub = re.search(r"Stub process '(.+?)_\d+_\d+'", message)
         culprit = stub.group(1) if stub else model
-        super().__init__(f"model {culprit} {'is unavailable' if retryable else 'failed'}: {message}")
+        behind = f" (runs {', '.join(steps)})" if steps and not stub else ""
+        super().__init__(f"model {culprit}{behind} {'is unavailable' if retryable else 'failed'}: {message}")
         self.model, self.retryable = culprit, retryable
 
 
@@ -67,10 +68,11 @@ def _cpu_memory():
     return _CPU
 
 
-async def call(model, feeds, outputs, max_batch=0):
+async def call(model, feeds, outputs, max_batch=0, steps=()):
     """Run ``model`` on ``feeds`` (name -> array with a leading batch axis); returns {output: array}.
 
-    ``max_batch`` is the model's ``max_batch_size`` (0: send everything in one call).
+    ``max_batch`` is the model's ``max_batch_size`` (0: send everything in one call); ``steps``: the models an
+    ensemble runs, named in its errors.
     """
     n = len(next(iter(feeds.values())))
     step = max_batch if max_batch and max_batch > 0 else n
@@ -84,9 +86,9 @@ async def call(model, feeds, outputs, max_batch=0):
         try:
             resp = await req.async_exec()
         except pb_utils.TritonModelException as e:  # the call could not even be made
-            raise GraphCallError(model, str(e), any(s in str(e).lower() for s in _DOWN)) from None
+            raise GraphCallError(model, str(e), any(s in str(e).lower() for s in _DOWN), steps) from None
         if resp.has_error():
-            raise GraphCallError(model, resp.error().message(), _retryable(resp.error()))
+            raise GraphCallError(model, resp.error().message(), _retryable(resp.error()), steps)
         out = {}
         for name in outputs:
             t = pb_utils.get_output_tensor_by_name(resp, name)

@@ -128,7 +128,7 @@ class TritonPythonModel:
                 feeds.update(await image)
         ens = self.ensembles[scenario]
         out = await trml_bls.call(ens["model"], {k: feeds[k] for k in ens["inputs"]}, [ens["output"]],
-                                  ens["max_batch"])
+                                  ens["max_batch"], ens["steps"])
         return out[ens["output"]]
 
     async def execute(self, requests):

@@ -17,6 +17,7 @@ from trml_edge.config import MissingConfig
 from trml_edge.errors import ConfigError
 from trml_edge.export.calibration import graph_inputs
 from trml_edge.graphs import GRAPHS
+from trml_edge.metrics import output_error
 from trml_edge.export.onnx_export import graph_module
 from trml_edge.metrics import task_metrics
 from trml_edge.missing import sample_masks
@@ -57,16 +58,6 @@ DEFAULT_BUDGETS = {
 }
 
 
-def compare(ref: np.ndarray, got: np.ndarray) -> dict[str, float]:
-    ref, got = ref.astype(np.float64), got.astype(np.float64)
-    if ref.shape != got.shape:
-        return {"max_abs": float("inf"), "min_cos": -1.0}
-    a, b = (ref, got) if ref.ndim > 1 and ref.shape[-1] > 1 else (ref.reshape(1, -1), got.reshape(1, -1))
-    den = np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)
-    cos = np.where(den > 0, (a * b).sum(-1) / np.maximum(den, 1e-30), 1.0)
-    return {"max_abs": float(np.abs(ref - got).max()), "min_cos": float(cos.min())}
-
-
 def heldout_inputs(model: TRML, arrays, n: int = 24, seed: int = 1) -> dict[str, dict[str, np.ndarray]]:
     """Per-graph inputs from clips of ``arrays`` (the test split), or seeded synthetic clips when None."""
     if arrays is not None:
@@ -99,7 +90,7 @@ def graph_parity(model: TRML, name: str, session, feeds: dict[str, np.ndarray], 
     args = [torch.from_numpy(feeds[t.name]) for t in GRAPHS[name].inputs]
     ref = graph_module(model, name)(*args).numpy()
     got = session.run(None, feeds)[0]
-    res = compare(ref, got)
+    res = output_error(ref, got)
     res["ok"] = res["max_abs"] <= budget.max_abs and res["min_cos"] >= budget.min_cos
     res["budget"] = {"max_abs": budget.max_abs, "min_cos": budget.min_cos}
     res["samples"] = int(len(got))

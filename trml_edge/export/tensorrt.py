@@ -182,14 +182,15 @@ SENTENCES = ("i really liked the acting", "the plot was boring and far too long 
 def target_parity(trt, bundle, graph: str, plan: Path) -> dict[str, Any]:
     """The engine against ONNX Runtime (CPU) on the same graph and the same seeded inputs, judged by the budget
     the export recorded for this graph's precision."""
-    from trml_edge.export.trt_runner import EngineRunner, compare
+    from trml_edge.export.trt_runner import EngineRunner
+    from trml_edge.metrics import output_error
 
     entry = bundle.graphs[graph]
     feeds = sample_feeds(bundle, graph)
     ref = bundle.session(graph).run(None, feeds)[0]
     with EngineRunner(trt, plan) as runner:
         got = runner.run(feeds)[entry["outputs"][0]["name"]]
-    res = compare(ref, got)
+    res = output_error(ref, got)
     budget = bundle.manifest.get("parity", {}).get("graphs", {}).get(graph, {}).get("budget")
     if budget is None:
         raise ExportError(f"the bundle records no parity budget for {graph}; re-export it with this version")

@@ -83,18 +83,6 @@ def probe_gpu() -> tuple[dict[str, Any] | None, str]:
         return None, str(e)
 
 
-def compare(ref: np.ndarray, got: np.ndarray) -> dict[str, float]:
-    """max |ref - got| and the smallest row cosine, as ``trml_edge.export.parity.compare`` computes them (that
-    module imports torch, which a GPU target need not have)."""
-    ref, got = np.asarray(ref, np.float64), np.asarray(got, np.float64)
-    if ref.shape != got.shape:
-        return {"max_abs": float("inf"), "min_cos": -1.0}
-    a, b = (ref, got) if ref.ndim > 1 and ref.shape[-1] > 1 else (ref.reshape(1, -1), got.reshape(1, -1))
-    den = np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)
-    cos = np.where(den > 0, (a * b).sum(-1) / np.maximum(den, 1e-30), 1.0)
-    return {"max_abs": float(np.abs(ref - got).max()), "min_cos": float(cos.min())}
-
-
 class EngineRunner:
     """One deserialized engine with one execution context, one CUDA stream and device buffers that grow to
     the largest shape seen. ``run`` copies the inputs in, runs, copies the outputs back and synchronizes the

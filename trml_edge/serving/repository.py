@@ -253,7 +253,8 @@ def build_repository(cfg: RepoConfig) -> Path:
                               "max_batch": graph_max["image_encoder"]},
             "ensembles": {s: {"model": ENSEMBLES[s], "inputs": [t.name for t in ensemble_io(ensemble_steps(s))[0]],
                               "output": ensemble_io(ensemble_steps(s))[1][0].name,
-                              "max_batch": ensemble_batch(ensemble_steps(s), graph_max)} for s in SCENARIOS},
+                              "max_batch": ensemble_batch(ensemble_steps(s), graph_max),
+                              "steps": list(ensemble_steps(s))} for s in SCENARIOS},
             "tensorrt": _plan_versions(bundle) if cfg.backend == "tensorrt" else {},
             "limits": asdict(cfg.limits), "core_modules": copies,
         }

@@ -8,6 +8,8 @@ with the same ORT thread count:
   interleaved with the runtime so their ratio is fair, and at concurrency 8, with throughput against the
   runtime's batch-1 throughput;
 * where the time goes, from Triton's statistics: queue and compute per model per request;
+* the floor: the same repository and router with graph models that compute nothing (zeros of each output's
+  shape), against the runtime with graphs that compute nothing: what serving costs whatever the graphs cost;
 * what one hop costs on this server: a BLS call and an ensemble step, with trivial identity models.
 
 Bundles: ``--arch tiny`` (the demo's tiny CLIP, INT8 encoders from the shipped ``cpu-int8`` recipe and the
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import tempfile
 import time
 import urllib.request
@@ -120,6 +123,65 @@ class TritonPythonModel:
             out.append(pb_utils.InferenceResponse([pb_utils.Tensor("Y", x)]))
         return out
 """
+
+
+# A graph model that computes nothing: zeros of each declared output's shape, one row per input row.
+ZERO_GRAPH = """
+import json
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+class TritonPythonModel:
+    def initialize(self, args):
+        cfg = json.loads(args["model_config"])
+        self.first = cfg["input"][0]["name"]
+        self.outputs = [(o["name"], [max(int(d), 1) for d in o["dims"]],
+                         pb_utils.triton_string_to_numpy(o["data_type"])) for o in cfg["output"]]
+
+    def execute(self, requests):
+        out = []
+        for r in requests:
+            n = len(pb_utils.get_input_tensor_by_name(r, self.first).as_numpy())
+            out.append(pb_utils.InferenceResponse([pb_utils.Tensor(name, np.zeros((n, *dims), dtype))
+                                                   for name, dims, dtype in self.outputs]))
+        return out
+"""
+
+
+class NoGraphPipeline(Pipeline):
+    """The runtime with graphs that compute nothing: checks, frame picking, preprocessing, tokenization and
+    the arrays around the graphs, as ``Pipeline.predict`` does them."""
+
+    def run(self, graph: str, **feeds: np.ndarray) -> np.ndarray:
+        self.trace.append(graph)
+        shape = self.bundle.graphs[graph]["outputs"][0]["shape"][1:]
+        return np.zeros((len(next(iter(feeds.values()))), *shape), np.float32)
+
+
+def floor(repo: Path, bundle: Path, reqs: dict, one, m: dict, threads: int) -> dict[str, dict]:
+    """p50 of each scenario through Triton and through the runtime, both with graphs that compute nothing:
+    the repository is the served one (router, ensembles, configs, batchers) with each graph's ``model.py``
+    replaced by ``ZERO_GRAPH``. Their difference is the serving overhead that no faster graph removes."""
+    zero = repo.parent / "repo-floor"
+    shutil.rmtree(zero, ignore_errors=True)
+    shutil.copytree(repo, zero, ignore=shutil.ignore_patterns("*.onnx", "*.plan", "__pycache__"))
+    pipe = NoGraphPipeline(bundle, threads=threads)
+    for graph in pipe.bundle.graphs:
+        (zero / graph / "1" / "model.py").write_text(ZERO_GRAPH)
+    out = {}
+    with TritonServer(zero) as srv:
+        c = TritonClient(srv.url)
+        for s, req in reqs.items():
+            f, t = one(req)
+            timed = interleaved({"runtime": lambda f=f, t=t: pipe.predict(f, t) and None,
+                                 "triton": lambda f=f, t=t: c.infer(f, t) and None}, **m)
+            out[s] = {k: percentiles(v.seconds)["p50_ms"] for k, v in timed.items()}
+            out[s]["overhead_ms"] = out[s]["triton"] - out[s]["runtime"]
+            print(f"floor {s}: triton {out[s]['triton']:.2f} ms, runtime {out[s]['runtime']:.2f} ms "
+                  f"(graphs computing nothing)", flush=True)
+        c.close()
+    return out
 
 
 def hop_costs(work: Path, m: dict) -> dict[str, dict]:
@@ -216,6 +278,7 @@ def main() -> None:
                 print(f"{s} c{conc}: p50 {results[f'{s} triton c{conc}']['p50_ms']:.1f} ms, "
                       f"{results[f'{s} triton c{conc}']['throughput_per_s']:.1f} req/s", flush=True)
         c.close()
+    floors = floor(repo, bundle, reqs, one, m, args.threads)
     hops = hop_costs(work, m)
     p50 = {k: v["p50_ms"] for k, v in results.items()}
     overhead, goals = {}, {}
@@ -226,6 +289,7 @@ def main() -> None:
                        "overhead_vs_runtime": (triton - runtime) / runtime, "allowed_ms": allowed,
                        "graph_compute_ms_per_request": sum(v["compute_ms"] for k, v in where[s].items()
                                                            if k in pipe.bundle.graphs)}
+        overhead[s]["floor_overhead_ms"] = floors[s]["overhead_ms"]
         goals[f"{s}: Triton within +1 ms or +5 % of the runtime"] = triton - runtime <= allowed
     ratios = {"complete / visual_missing, triton c1": p50[f"{COMPLETE} triton c1"] /
               p50[f"{VISUAL_MISSING} triton c1"],
@@ -240,7 +304,8 @@ def main() -> None:
     report = {"arch": args.arch if not args.bundle else str(bundle), "frames_per_request": args.frames,
               "threads": args.threads, "environment": environment(args.threads),
               "load_average_at_start": load_start, "load_average_at_end": os.getloadavg(), "settings": m,
-              "results": results, "overhead": overhead, "where_the_time_goes_ms": where, "hops_p50_ms": {
+              "results": results, "overhead": overhead, "where_the_time_goes_ms": where,
+              "floor_p50_ms": floors, "hops_p50_ms": {
                   k: v["p50_ms"] for k, v in hops.items()}, "ratios": ratios, "goals_met": goals,
               "seconds": time.perf_counter() - t_start}
     print(f"{'configuration':46s} {'p50':>9s} {'p90':>9s} {'p99':>9s} {'req/s':>8s} {'runs':>6s}")
@@ -249,7 +314,8 @@ def main() -> None:
               f"{v['runs']:6d}")
     for s, o in overhead.items():
         print(f"overhead {s:15s} triton {o['triton_p50_ms']:.2f} ms vs runtime {o['runtime_p50_ms']:.2f} ms: "
-              f"{o['overhead_ms']:+.2f} ms ({100 * o['overhead_vs_runtime']:+.1f} %), allowed {o['allowed_ms']:.2f}")
+              f"{o['overhead_ms']:+.2f} ms ({100 * o['overhead_vs_runtime']:+.1f} %), allowed {o['allowed_ms']:.2f}; "
+              f"with graphs computing nothing {o['floor_overhead_ms']:+.2f} ms")
         print("   per request: " + ", ".join(f"{k} {v['compute_ms']:.2f}+{v['queue_ms']:.2f}q"
                                              for k, v in where[s].items()))
     print("hops (trivial models): " + ", ".join(f"{k} {v['p50_ms']:.2f} ms" for k, v in hops.items()))

@@ -14,6 +14,7 @@ from pathlib import Path
 import typer
 
 from trml_edge.cli import app
+from trml_edge.specs import PretrainConfig, SynthSpec
 
 # The demo's INT8 bundle follows the shipped CPU recipe (INT8 encoders, FP32 small graphs), with the demo's
 # own calibration set in place of the recipe's; the fp32 and fp16 bundles take its other export settings.
@@ -34,9 +35,9 @@ def _complete_bundle(path: Path) -> bool:
 @app.command()
 def demo(
     out: Path = typer.Option(Path("demo_out"), "--out", help="working directory; finished steps are reused"),
-    n: int = typer.Option(1200, help="labelled clips in the synthetic benchmark"),
-    pool: int = typer.Option(12000, help="image/caption pairs for the CLIP pretraining"),
-    pretrain_epochs: int = typer.Option(12),
+    n: int = typer.Option(SynthSpec.n, help="labelled clips in the synthetic benchmark"),
+    pool: int = typer.Option(SynthSpec.pool, help="image/caption pairs for the CLIP pretraining"),
+    pretrain_epochs: int = typer.Option(PretrainConfig.epochs),
     epochs: int = typer.Option(30),
     seed: int = typer.Option(0),
     calibration_samples: int = typer.Option(128, help="clips in the INT8 calibration set"),
@@ -57,7 +58,7 @@ def demo(
 
     from trml_edge.cli.profile_cmds import _ints, print_recommendation
     from trml_edge.data.corpus import load_split, read_corpus
-    from trml_edge.data.synth import SynthSpec, generate
+    from trml_edge.data.synth import generate
     from trml_edge.eval.experiment import ExperimentConfig, run_experiment, table
     from trml_edge.export.calibration import build_calibration
     from trml_edge.export.exporter import export_bundle
@@ -66,7 +67,7 @@ def demo(
     from trml_edge.profile import ProfileConfig, profile
     from trml_edge.serving.repository import RepoConfig, build_repository
     from trml_edge.serving.server import TritonServer
-    from trml_edge.train.pretrain import PretrainConfig, pretrain as run_pretrain
+    from trml_edge.train.pretrain import pretrain as run_pretrain
 
     console = Console()
     t0 = time.perf_counter()

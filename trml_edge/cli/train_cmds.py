@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from trml_edge.cli import app
+from trml_edge.specs import PretrainConfig
 
 MODALITY_HELP = "which modality may go missing: visual, text or either"
 
@@ -61,13 +62,13 @@ def pretrain(
     backbone: str = typer.Option("trml-tiny", help="open_clip architecture name or JSON file"),
     pretrained: Optional[str] = typer.Option(None, help="start from " + PRETRAINED_HELP),
     cache_dir: Optional[Path] = typer.Option(None, help=CACHE_DIR_HELP),
-    epochs: int = typer.Option(12),
-    batch_size: int = typer.Option(32, help="contrastive batch (PretrainConfig.batch_size's default)"),
-    lr: float = typer.Option(3e-4),
+    epochs: int = typer.Option(PretrainConfig.epochs),
+    batch_size: int = typer.Option(PretrainConfig.batch_size, help="contrastive batch"),
+    lr: float = typer.Option(PretrainConfig.lr),
     seed: int = typer.Option(0),
 ) -> None:
     """Short contrastive CLIP pretraining on image/caption pairs (stands in for CLIP's web-scale pretraining)."""
-    from trml_edge.train.pretrain import PretrainConfig, pretrain as run
+    from trml_edge.train.pretrain import pretrain as run
 
     weights = run(PretrainConfig(pool=str(pool), out=str(out), arch=backbone, epochs=epochs,
                                  batch_size=batch_size, lr=lr, seed=seed, pretrained=pretrained,

@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 from trml_edge.data.video import write_mp4
 from trml_edge.errors import DataError, require
+from trml_edge.specs import SynthSpec  # noqa: F401  (defined in specs.py; imported from here too)
 
 RHO = 0.6  # correlation between the visual and the text sentiment
 LABEL_WEIGHT = 0.9  # y = LABEL_WEIGHT * (z_v + z_t) + noise
@@ -130,15 +131,6 @@ def _style(rng: np.random.Generator) -> tuple[dict, str]:
 def sentence(z_t: float, rng: np.random.Generator) -> str:
     phrase = sentiment_phrase(TEXT_SCALE * z_t, rng)
     return f"{rng.choice(OPENERS)}the {rng.choice(TOPICS)} was {phrase}{rng.choice(CLOSERS)}"
-
-
-@dataclass
-class SynthSpec:
-    n: int = 1200  # labelled clips
-    pool: int = 12000  # unlabelled image/caption pairs for the foundation pretraining (6,000 overfit: issue 18)
-    pool_captions: str = "mixed"  # the pool's captions (``POOL_CAPTIONS``; "v1" before issue 18); the labelled set
-    # does not depend on it
-    seed: int = 0
 
 
 def generate(out: Path, spec: SynthSpec) -> dict:

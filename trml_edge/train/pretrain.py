@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -24,20 +24,7 @@ from trml_edge.model.checkpoint import save_clip
 from trml_edge.model.trml import text_features, trim_tokens
 from trml_edge.train.loop import _progress, warmup_cosine
 from trml_edge.preprocess import preprocess
-
-
-@dataclass
-class PretrainConfig:
-    pool: str = ""  # directory with images.npy (uint8 [n,H,W,3]) and captions.txt (one per line)
-    out: str = ""
-    arch: str = "trml-tiny"
-    epochs: int = 12  # over a 12,000-pair pool: 4,500 steps; the towers first sit on a plateau (loss log(batch))
-    batch_size: int = 32  # 64: half the steps (docs/results.md, section 0)
-    lr: float = 3e-4  # 1e-3 did not leave the plateau sooner (measured over 4 epochs)
-    weight_decay: float = 0.1  # on matrices only; gains, biases, embeddings and the temperature are exempt
-    seed: int = 0
-    pretrained: str | None = None  # start from these weights: an open_clip tag of arch, or hf-hub:ORG/NAME
-    cache_dir: str | None = None  # where pretrained weights are cached [default: the Hugging Face cache]
+from trml_edge.specs import PretrainConfig
 
 
 def load_pool(pool: Path) -> tuple[np.ndarray, list[str]]:

@@ -108,21 +108,25 @@ class TritonPythonModel:
         return [pb_utils.InferenceResponse([pb_utils.Tensor("Y", pb_utils.get_input_tensor_by_name(r, "X")
                                                             .as_numpy())]) for r in requests]
 """
+# 3 sequential BLS calls to "identity": from a plain execute with exec() (CALLER, as the routers call), and
+# from an async execute with async_exec() (ASYNC_CALLER, as they did before)
 CALLER = """
 import triton_python_backend_utils as pb_utils
 
 class TritonPythonModel:
-    async def execute(self, requests):
+    def execute(self, requests):
         out = []
         for r in requests:
             x = pb_utils.get_input_tensor_by_name(r, "X").as_numpy()
             for _ in range(3):
-                resp = await pb_utils.InferenceRequest(model_name="identity", requested_output_names=["Y"],
-                                                      inputs=[pb_utils.Tensor("X", x)]).async_exec()
+                resp = pb_utils.InferenceRequest(model_name="identity", requested_output_names=["Y"],
+                                                 inputs=[pb_utils.Tensor("X", x)]).exec()
                 x = pb_utils.get_output_tensor_by_name(resp, "Y").as_numpy()
             out.append(pb_utils.InferenceResponse([pb_utils.Tensor("Y", x)]))
         return out
 """
+ASYNC_CALLER = (CALLER.replace("    def execute", "    async def execute").replace("resp = pb_utils", "resp = await pb_utils")
+                .replace(").exec()", ").async_exec()"))
 
 
 # A graph model that computes nothing: zeros of each declared output's shape, one row per input row.
@@ -185,12 +189,13 @@ def floor(repo: Path, bundle: Path, reqs: dict, one, m: dict, threads: int) -> d
 
 
 def hop_costs(work: Path, m: dict) -> dict[str, dict]:
-    """p50 of: one Python-backend model over HTTP; a router making 3 sequential BLS calls to it; an ensemble
-    of 3 steps of it. Trivial models, so the numbers are the server's own cost per hop."""
+    """p50 of: one Python-backend model over HTTP; a model making 3 sequential BLS calls to it, with exec()
+    and with async_exec(); an ensemble of 3 steps of it. Trivial models, so the numbers are the server's own
+    cost per hop."""
     repo = work / "hops"
     io = ('input [{ name: "X", data_type: TYPE_FP32, dims: [4] }]\n'
           'output [{ name: "Y", data_type: TYPE_FP32, dims: [4] }]\n')
-    for name, code in (("identity", IDENTITY), ("bls3", CALLER)):
+    for name, code in (("identity", IDENTITY), ("bls3", CALLER), ("bls3_async", ASYNC_CALLER)):
         (repo / name / "1").mkdir(parents=True, exist_ok=True)
         (repo / name / "1" / "model.py").write_text(code)
         (repo / name / "config.pbtxt").write_text(f'backend: "python"\nmax_batch_size: 8\n{io}')
@@ -210,7 +215,7 @@ def hop_costs(work: Path, m: dict) -> dict[str, dict]:
             inp.set_data_from_numpy(x)
             c.infer(model, [inp])
 
-        timed = interleaved({k: (lambda k=k: call(k)) for k in ("identity", "bls3", "ens3")}, **m)
+        timed = interleaved({k: (lambda k=k: call(k)) for k in ("identity", "bls3", "bls3_async", "ens3")}, **m)
         c.close()
     return {k: percentiles(v.seconds) for k, v in timed.items()}
 
@@ -229,8 +234,8 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--stream", action="store_true", help="only the stream section: a one-new-frame update of a "
                                                           "trml_stream stream vs a stateless window request")
-    ap.add_argument("--max-load", type=float, default=1.5, help="--stream: wait (up to --load-wait s) until the "
-                                                                "1-min load average is below this before timing")
+    ap.add_argument("--max-load", type=float, default=1.5, help="wait (up to --load-wait s) until the 1-min load "
+                                                                "average is below this before timing")
     ap.add_argument("--load-wait", type=float, default=600.0)
     args = ap.parse_args()
     if args.stream:
@@ -238,7 +243,6 @@ def main() -> None:
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-serving-"))
     work.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    load_start = os.getloadavg()
     bundle = Path(args.bundle) if args.bundle else make_bundle(args.arch, work)
     print(f"bundle {bundle} ({time.perf_counter() - t_start:.0f} s)", flush=True)
     repo = build_repository(RepoConfig(bundle=str(bundle), out=str(work / "repo"), intra_op_threads=args.threads,
@@ -251,6 +255,7 @@ def main() -> None:
         return (req.frames[0] if req.has_visual[0] else None), (req.texts[0] if req.has_text[0] else None)
 
     m = dict(warmup=args.warmup, min_time=args.min_time, min_runs=args.min_runs)
+    load_start = wait_for_idle(args.max_load, args.load_wait)  # the export and the copies above load the cores
     results: dict[str, dict] = {}
     where: dict[str, dict] = {}
     with TritonServer(repo) as srv:

@@ -13,8 +13,11 @@ inside Triton (their embeddings never come back to the router; on a GPU they sta
 
 The image encoder is the one graph called on its own: it runs per frame (its batch axis is every frame of
 the group) while the temporal encoder runs per clip, and an ensemble cannot regroup a batch axis. The
-router scatters the frame embeddings into ``[clips, T, D]`` with their mask and tokenizes the text while
-the image encoder runs.
+router scatters the frame embeddings into ``[clips, T, D]`` with their mask.
+
+The calls are synchronous (``exec()`` from a plain ``execute``): on this Triton a BLS hop through
+``async_exec()`` from an ``async def execute`` costs about 0.5 ms more, and all a concurrent call could
+overlap here is tokenization (docs/serving.md, "The router, sync").
 
 Outputs: ``OUTPUT`` (score [1] or logits [C]) and ``VIRTUAL_MODALITY`` ("", "visual" or "text").
 
@@ -28,7 +31,6 @@ copies byte for byte into ``trml_core/`` beside this file with ``trml_bls.py`` (
 manifest and tokenizer vocabulary.
 """
 
-import asyncio
 import json
 import os
 import sys
@@ -97,7 +99,7 @@ class TritonPythonModel:
         return scenario, frames, texts
 
     # --- the graphs behind each scenario ---
-    async def _image(self, frames):
+    def _image(self, frames):
         """Frames of every clip of a group -> (frame_emb [B, T, D], frame_mask [B, T]), T = the longest clip."""
         picked = [f[routing.pick_frames(len(f), self.max_frames)] for f in frames]
         t = max(len(p) for p in picked)
@@ -107,31 +109,25 @@ class TritonPythonModel:
             mask[i, : len(p)] = True
             pixels.append(preprocess.preprocess(p, self.size, self.mean, self.std))  # (T_i, 3, S, S)
         enc = self.image
-        emb = (await trml_bls.call(enc["model"], {enc["input"]: np.concatenate(pixels)}, [enc["output"]],
-                                   enc["max_batch"]))[enc["output"]]  # (sum T_i, D)
+        emb = trml_bls.call(enc["model"], {enc["input"]: np.concatenate(pixels)}, [enc["output"]],
+                            enc["max_batch"])[enc["output"]]  # (sum T_i, D)
         frame_emb = np.zeros((len(picked), t, emb.shape[-1]), dtype=np.float32)
         frame_emb[mask] = emb
         return {"frame_emb": frame_emb, "frame_mask": mask}
 
-    async def _group(self, scenario, frames, texts):
+    def _group(self, scenario, frames, texts):
         """Every row of one scenario group -> (R, C) outputs: one ensemble call (after the image encoder)."""
         feeds = {}
-        image = None
+        if texts is not None:
+            feeds["tokens"] = routing.trim_to_eot(self.tokenizer(texts))  # (R, L') int64
         if frames is not None:
-            image = asyncio.ensure_future(self._image(frames))
-            await asyncio.sleep(0)  # the image encoder's request is on its way before the text is tokenized
-        try:
-            if texts is not None:
-                feeds["tokens"] = routing.trim_to_eot(self.tokenizer(texts))  # (R, L') int64
-        finally:
-            if image is not None:
-                feeds.update(await image)
+            feeds.update(self._image(frames))
         ens = self.ensembles[scenario]
-        out = await trml_bls.call(ens["model"], {k: feeds[k] for k in ens["inputs"]}, [ens["output"]],
-                                  ens["max_batch"], ens["steps"])
+        out = trml_bls.call(ens["model"], {k: feeds[k] for k in ens["inputs"]}, [ens["output"]], ens["max_batch"],
+                            ens["steps"])
         return out[ens["output"]]
 
-    async def execute(self, requests):
+    def execute(self, requests):
         responses = [None] * len(requests)
         parsed = {}
         for i, request in enumerate(requests):
@@ -144,17 +140,16 @@ class TritonPythonModel:
                 responses[i] = trml_bls.error_response(e)
         order = sorted(parsed)
         groups = routing.group_by_scenario([parsed[i][0] for i in order])
-
-        async def run(scenario, members):
+        for scenario, members in groups.items():  # in practice one: Triton batches requests with the same inputs
             idx = [order[k] for k in members]
             frames = [f for i in idx for f in (parsed[i][1] or [])] or None
             texts = [x for i in idx for x in (parsed[i][2] or [])] or None
             try:
-                out = await self._group(scenario, frames, texts)
+                out = self._group(scenario, frames, texts)
             except Exception as e:  # a model down (503) or a fault (500): this group's requests, the server stays up
                 for i in idx:
                     responses[i] = trml_bls.error_response(e)
-                return
+                continue
             virtual = routing.VIRTUAL_MODALITY[scenario].encode("utf-8")
             row = 0
             for i in idx:
@@ -166,6 +161,4 @@ class TritonPythonModel:
                     result, names = result[0], names[0]
                 responses[i] = pb_utils.InferenceResponse(output_tensors=[
                     pb_utils.Tensor("OUTPUT", result), pb_utils.Tensor("VIRTUAL_MODALITY", names)])
-
-        await asyncio.gather(*(run(s, m) for s, m in groups.items()))
         return responses

@@ -10,9 +10,10 @@ uses).
 Per-stream state (the window's frame embeddings, the text and its embedding) lives here, in this instance's
 ``StreamTable``: Triton's "oldest" strategy sends every request of a sequence to the same instance and never two
 of one sequence in a batch. An update runs the image encoder on its new frames only and the text encoder only
-when the text changed (two BLS calls, concurrently), then one call to the stream ensemble of its scenario
-(``trml_stream_complete``: temporal encoder -> head, with the stream's text embedding; ``trml_stream_text_missing``:
-temporal encoder -> generator -> head), which also returns the window's visual embedding to keep. An update
+when the text changed, then makes one call to the stream ensemble of its scenario (``trml_stream_complete``:
+temporal encoder -> head, with the stream's text embedding; ``trml_stream_text_missing``: temporal encoder ->
+generator -> head), which also returns the window's visual embedding to keep. The BLS calls are made one
+after the other (``trml_bls.call``: cheaper than concurrent ``async_exec`` calls on this Triton). An update
 without frames (a new text) runs the head (and a generator) on the kept embeddings. Each call is made once per
 batch of updates from different streams.
 
@@ -28,7 +29,6 @@ Imports numpy and ``triton_python_backend_utils`` only, plus ``trml_bls.py`` and
 ``trml-edge triton build`` puts beside this file.
 """
 
-import asyncio
 import json
 import os
 import sys
@@ -144,13 +144,13 @@ class TritonPythonModel:
         return frames, text
 
     # --- BLS ---
-    async def _graph(self, graph, **feeds):
+    def _graph(self, graph, **feeds):
         """Run one graph model on batched feeds; its only output."""
         out = graphs.GRAPHS[graph].outputs[0].name
-        res = await trml_bls.call(self.models[graph], feeds, [out], self.max_batch.get(graph, 0))
+        res = trml_bls.call(self.models[graph], feeds, [out], self.max_batch.get(graph, 0))
         return res[out]
 
-    async def _encode(self, updates):
+    def _encode(self, updates):
         """New frame embeddings per update (or None) and text embeddings per changed text (or None)."""
         pixels, owners = [], []
         for k, (_, state, frames, text) in enumerate(updates):
@@ -160,18 +160,11 @@ class TritonPythonModel:
                 owners.append(k)
         texts = [(k, text) for k, (_, state, _, text) in enumerate(updates) if state.text_changes(text)]
 
-        async def image():
-            if not pixels:
-                return None
-            return await self._graph("image_encoder", pixels=np.concatenate(pixels))  # (sum k, D)
-
-        async def text():
-            if not texts:
-                return None
+        emb = self._graph("image_encoder", pixels=np.concatenate(pixels)) if pixels else None  # (sum k, D)
+        t = None
+        if texts:
             tokens = routing.trim_to_eot(self.tokenizer([x for _, x in texts]))
-            return await self._graph("text_encoder", tokens=tokens)  # (changed texts, D)
-
-        emb, t = await asyncio.gather(image(), text())
+            t = self._graph("text_encoder", tokens=tokens)  # (changed texts, D)
         new_emb, new_t = [None] * len(updates), [None] * len(updates)
         start = 0
         for k, p in zip(owners, pixels):
@@ -191,7 +184,7 @@ class TritonPythonModel:
             frame_emb[row, :len(w)], mask[row, :len(w)] = w, True
         return frame_emb, mask
 
-    async def _by_ensemble(self, scenario, ks, windows, t):
+    def _by_ensemble(self, scenario, ks, windows, t):
         """Updates with new frames of one scenario: one ensemble call (temporal encoder [-> generator] -> head).
         -> {k: (output (C,), the window's v (D,))}."""
         ens = self.ensembles[scenario]
@@ -199,39 +192,38 @@ class TritonPythonModel:
         feeds = {"frame_emb": frame_emb, "frame_mask": mask}
         if "t" in ens["inputs"]:
             feeds["t"] = np.stack([t[k] for k in ks]).astype(np.float32)
-        res = await trml_bls.call(ens["model"], feeds, ens["outputs"], ens["max_batch"])
+        res = trml_bls.call(ens["model"], feeds, ens["outputs"], ens["max_batch"])
         out, v = res[ens["outputs"][0]], res[ens["outputs"][1]]
         return {k: (out[row], v[row]) for row, k in enumerate(ks)}
 
-    async def _by_graphs(self, ks, scen, windows, t, states):
+    def _by_graphs(self, ks, scen, windows, t, states):
         """Updates without new frames (a new text, or only the end flag), graph by graph: the window's cached v
         (or the temporal encoder), the generator of a missing modality, the head. -> {k: (output, None)}."""
         v = {k: states[k].v for k in ks if scen[k] != routing.VISUAL_MISSING}
         todo = [k for k in ks if k in v and v[k] is None]  # no cached v: never after a successful frame update
         if todo:
-            out = await self._graph("temporal_encoder", **dict(zip(("frame_emb", "frame_mask"),
-                                                                   self._windows([windows[k] for k in todo]))))
+            out = self._graph("temporal_encoder", **dict(zip(("frame_emb", "frame_mask"),
+                                                             self._windows([windows[k] for k in todo]))))
             v.update({k: out[row] for row, k in enumerate(todo)})
         t = dict(t)
 
-        async def generate(graph, rows, src, dst, feed):
+        def generate(graph, rows, src, dst, feed):
             if rows:
-                out = await self._graph(graph, **{feed: np.stack([src[k] for k in rows]).astype(np.float32)})
+                out = self._graph(graph, **{feed: np.stack([src[k] for k in rows]).astype(np.float32)})
                 dst.update({k: out[row] for row, k in enumerate(rows)})
 
-        await asyncio.gather(
-            generate("gen_text_to_visual", [k for k in ks if scen[k] == routing.VISUAL_MISSING], t, v, "t"),
-            generate("gen_visual_to_text", [k for k in ks if scen[k] == routing.TEXT_MISSING], v, t, "v"))
-        out = await self._graph("fusion_head", t=np.stack([t[k] for k in ks]).astype(np.float32),
-                                v=np.stack([v[k] for k in ks]).astype(np.float32))
+        generate("gen_text_to_visual", [k for k in ks if scen[k] == routing.VISUAL_MISSING], t, v, "t")
+        generate("gen_visual_to_text", [k for k in ks if scen[k] == routing.TEXT_MISSING], v, t, "v")
+        out = self._graph("fusion_head", t=np.stack([t[k] for k in ks]).astype(np.float32),
+                          v=np.stack([v[k] for k in ks]).astype(np.float32))
         return {k: (out[row], None) for row, k in enumerate(ks)}
 
-    async def _score(self, updates):
+    def _score(self, updates):
         """updates: [(sid, state, frames, text)] of different streams -> [(output (C,), virtual)], and commits.
 
         An update with new frames goes through its scenario's stream ensemble after the image encoder; the
         others (a new text, or only the end flag) graph by graph from the cached embeddings."""
-        new_emb, new_t = await self._encode(updates)
+        new_emb, new_t = self._encode(updates)
         n = len(updates)
         states = [state for _, state, _, _ in updates]
         scen = [state.scenario(f is not None, x is not None) for _, state, f, x in updates]
@@ -243,12 +235,11 @@ class TritonPythonModel:
             if new_emb[k] is not None:
                 by_ens.setdefault(scen[k], []).append(k)
         rest = [k for k in range(n) if new_emb[k] is None]
-        calls = [self._by_ensemble(s, ks, windows, t) for s, ks in by_ens.items()]
-        if rest:
-            calls.append(self._by_graphs(rest, scen, windows, t, states))
         done = {}
-        for part in await asyncio.gather(*calls):
-            done.update(part)
+        for s, ks in by_ens.items():
+            done.update(self._by_ensemble(s, ks, windows, t))
+        if rest:
+            done.update(self._by_graphs(rest, scen, windows, t, states))
         results = []
         for k, (_, state, _, text) in enumerate(updates):
             out, v = done[k]
@@ -256,7 +247,7 @@ class TritonPythonModel:
             results.append((np.asarray(out, np.float32), routing.VIRTUAL_MODALITY[scen[k]]))
         return results
 
-    async def execute(self, requests):
+    def execute(self, requests):
         responses = [None] * len(requests)
         updates, members, ends = [], [], []
         for i, request in enumerate(requests):
@@ -287,7 +278,7 @@ class TritonPythonModel:
                 responses[i] = trml_bls.error_response(e)
         if updates:
             try:
-                results = await self._score(updates)
+                results = self._score(updates)
             except Exception as e:  # a model down (503) or a fault (500): these updates fail, streams unchanged
                 for i in members:
                     responses[i] = trml_bls.error_response(e)

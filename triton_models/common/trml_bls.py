@@ -8,10 +8,10 @@
   the buffer the response allocator gives it, so asking for CPU only chooses where that one copy lands; on a
   Jetson (integrated GPU) it is the same single copy.
 * A call larger than the model's ``max_batch_size`` is sent in chunks and put back in order.
-* ``call`` waits for each chunk in turn with the Python backend's ``exec()``; ``call_async`` sends them
-  concurrently with ``async_exec()``. Use ``call`` where nothing else needs to run meanwhile: on the bundled
-  Triton 2.51 a BLS hop through ``exec()`` from a plain ``execute`` costs about 0.5 ms less than through
-  ``async_exec()`` from an ``async def execute`` (docs/serving.md, "The router, sync").
+* Calls are synchronous (the Python backend's ``exec()``, from a plain ``execute``), chunks one after the
+  other: on the bundled Triton 2.51 a BLS hop costs about 0.3 ms less than through ``async_exec()``, and an
+  ``async def execute`` adds more (docs/serving.md, "The router, sync"). What concurrent calls could overlap
+  here (tokenization, a stream's occasional text-encoder call) is worth less than that.
 * A failed call raises ``GraphCallError`` with ``retryable``: True when the model is down or reloading
   (a dead Python-backend stub, a model being reloaded, a model not ready), so the router answers the
   request with UNAVAILABLE (HTTP 503, gRPC UNAVAILABLE) and a message naming the model; False for any other
@@ -21,7 +21,6 @@ Imports numpy and ``triton_python_backend_utils`` only; ``trml-edge triton build
 each router's ``model.py``.
 """
 
-import asyncio
 import re
 
 import numpy as np
@@ -129,17 +128,3 @@ def call(model, feeds, outputs, max_batch=0, steps=()):
         parts.append(_read(model, resp, outputs, steps))
     return _join(parts, outputs)
 
-
-async def call_async(model, feeds, outputs, max_batch=0, steps=()):
-    """``call`` for an ``async def execute``: the chunks are sent concurrently, and other coroutines of the
-    router run while they are out."""
-    starts, step = _chunks(feeds, max_batch)
-
-    async def one(start):
-        try:
-            resp = await _request(model, feeds, outputs, start, step).async_exec()
-        except pb_utils.TritonModelException as e:
-            raise _unreachable(model, e, steps) from None
-        return _read(model, resp, outputs, steps)
-
-    return _join(await asyncio.gather(*(one(start) for start in starts)), outputs)

@@ -86,7 +86,7 @@ def _request(model, feeds, outputs, start, step):
 
 
 def _unreachable(model, exc, steps):
-    """The call could not even be made (TritonModelException from exec/async_exec)."""
+    """The call could not even be made (``exec()`` raised TritonModelException)."""
     return GraphCallError(model, str(exc), any(s in str(exc).lower() for s in _DOWN), steps)
 
 

@@ -71,25 +71,6 @@ def _cpu_memory():
     return _CPU
 
 
-def _chunks(feeds, max_batch):
-    """Start rows and chunk size for a call of ``feeds`` (leading batch axis) to a model of ``max_batch``."""
-    n = len(next(iter(feeds.values())))
-    step = max_batch if max_batch and max_batch > 0 else n
-    return list(range(0, n, step)) or [0], step
-
-
-def _request(model, feeds, outputs, start, step):
-    return pb_utils.InferenceRequest(
-        model_name=model, requested_output_names=list(outputs),
-        inputs=[pb_utils.Tensor(k, np.ascontiguousarray(v[start:start + step])) for k, v in feeds.items()],
-        preferred_memory=_cpu_memory())
-
-
-def _unreachable(model, exc, steps):
-    """The call could not even be made (``exec()`` raised TritonModelException)."""
-    return GraphCallError(model, str(exc), any(s in str(exc).lower() for s in _DOWN), steps)
-
-
 def _read(model, resp, outputs, steps):
     """A response -> {output: host array}; raises GraphCallError for an error response or a missing output."""
     if resp.has_error():
@@ -106,25 +87,25 @@ def _read(model, resp, outputs, steps):
     return out
 
 
-def _join(parts, outputs):
-    if len(parts) == 1:
-        return parts[0]
-    return {name: np.concatenate([p[name] for p in parts]) for name in outputs}
-
-
 def call(model, feeds, outputs, max_batch=0, steps=()):
     """Run ``model`` on ``feeds`` (name -> array with a leading batch axis); returns {output: array}.
 
     ``max_batch`` is the model's ``max_batch_size`` (0: send everything in one call); ``steps``: the models an
     ensemble runs, named in its errors. Chunks are sent one after another.
     """
-    starts, step = _chunks(feeds, max_batch)
+    n = len(next(iter(feeds.values())))
+    step = max_batch if max_batch and max_batch > 0 else n
     parts = []
-    for start in starts:
+    for start in list(range(0, n, step)) or [0]:
+        req = pb_utils.InferenceRequest(
+            model_name=model, requested_output_names=list(outputs),
+            inputs=[pb_utils.Tensor(k, np.ascontiguousarray(v[start:start + step])) for k, v in feeds.items()],
+            preferred_memory=_cpu_memory())
         try:
-            resp = _request(model, feeds, outputs, start, step).exec()
-        except pb_utils.TritonModelException as e:
-            raise _unreachable(model, e, steps) from None
+            resp = req.exec()
+        except pb_utils.TritonModelException as e:  # the call could not even be made
+            raise GraphCallError(model, str(e), any(s in str(e).lower() for s in _DOWN), steps) from None
         parts.append(_read(model, resp, outputs, steps))
-    return _join(parts, outputs)
-
+    if len(parts) == 1:
+        return parts[0]
+    return {name: np.concatenate([p[name] for p in parts]) for name in outputs}

@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 
 import trml_edge
-from trml_edge.errors import ConfigError, MissingDependencyError, ServingError
+from trml_edge.errors import ConfigError, ServingError, require
 from trml_edge.graphs import GRAPHS, PROFILES
 
 CORE_PACKAGE = "trml_core"
@@ -23,13 +23,7 @@ TRITON_DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_
 
 def protobuf():
     """(tritonclient's model_config_pb2, protobuf's text_format), or the extra that installs them."""
-    try:
-        from google.protobuf import text_format
-        from tritonclient.grpc import model_config_pb2
-    except ImportError as e:
-        raise MissingDependencyError("building a Triton repository needs tritonclient's protobuf model config; "
-                                     "install it with: pip install 'trml-edge[serve]'") from e
-    return model_config_pb2, text_format
+    return require("tritonclient.grpc.model_config_pb2", "serve"), require("google.protobuf.text_format", "serve")
 
 
 def write_config(config, path: Path) -> None:

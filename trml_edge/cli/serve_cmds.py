@@ -82,19 +82,37 @@ def serve(
     supervise: bool = typer.Option(True, "--supervise/--no-supervise",
                                    help="reload a model whose Python-backend process died (explicit model "
                                         "control); --no-supervise leaves Triton's default model control"),
+    admin_token_file: Optional[Path] = typer.Option(None, help="write this run's admin token here (mode 0600), "
+                                                               "for your own tooling; removed when serve stops"),
+    open_admin_api: bool = typer.Option(False, "--open-admin-api",
+                                        help="answer the model-repository, shared-memory, trace and logging APIs "
+                                             "without the token: any client could then run code on this box"),
+    grpc_tls_cert: Optional[Path] = typer.Option(None, help="PEM certificate: serve gRPC over TLS (with "
+                                                            "--grpc-tls-key)"),
+    grpc_tls_key: Optional[Path] = typer.Option(None, help="PEM private key of --grpc-tls-cert"),
+    grpc_tls_client_ca: Optional[Path] = typer.Option(None, help="PEM CA certificate: mutual TLS, only clients "
+                                                                 "with a certificate it signed are answered"),
 ) -> None:
     """Start a real tritonserver on REPO, wait until it is ready, and serve until Ctrl-C or SIGTERM.
 
     A model whose process dies is reloaded (the others keep serving); if tritonserver itself dies, serve
-    exits with status 2 and the reason."""
+    exits with status 2 and the reason. Triton's admin APIs (model repository, shared memory, trace, logging)
+    answer only requests that carry this run's secret token (see docs/serving.md, "Security")."""
+    from trml_edge.errors import ConfigError
+    from trml_edge.serving.security import RESTRICTED_APIS, GrpcTLS, ServerSecurity, exposure_notes
     from trml_edge.serving.server import TritonServer, check_plan_versions
 
     def log(line: str) -> None:
         typer.echo(f"{time.strftime('%H:%M:%S')} {line}", err=True)
 
+    if (grpc_tls_cert is None) != (grpc_tls_key is None) or (grpc_tls_client_ca and grpc_tls_cert is None):
+        raise ConfigError("gRPC TLS needs --grpc-tls-cert and --grpc-tls-key together (--grpc-tls-client-ca "
+                          "adds mutual TLS to them)")
+    tls = GrpcTLS(grpc_tls_cert, grpc_tls_key, grpc_tls_client_ca) if grpc_tls_cert is not None else None
+    security = ServerSecurity(open_admin_api=open_admin_api, admin_token_file=admin_token_file, grpc_tls=tls)
     check_plan_versions(repo, tritonserver, backend_directory)
     srv = TritonServer(repo, http_port or None, grpc_port or None, metrics_port or None, tritonserver,
-                       backend_directory, host, log_file, supervise=supervise, log=log)
+                       backend_directory, host, log_file, supervise=supervise, log=log, security=security)
     stop = {"signal": None}
 
     def on_signal(signum, _frame):
@@ -103,8 +121,19 @@ def serve(
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         srv.start()
-        typer.echo(f"tritonserver ready: HTTP http://{srv.host}:{srv.http_port}  gRPC {srv.host}:{srv.grpc_port}  "
+        grpc = f"grpcs://{srv.host}:{srv.grpc_port} (TLS)" if tls else f"{srv.host}:{srv.grpc_port}"
+        typer.echo(f"tritonserver ready: HTTP http://{srv.host}:{srv.http_port}  gRPC {grpc}  "
                    f"metrics http://{srv.host}:{srv.metrics_port}/metrics  (log {srv.log_file})")
+        groups = ", ".join(RESTRICTED_APIS)
+        if open_admin_api:
+            typer.echo(f"admin APIs ({groups}): OPEN to every client")
+        else:
+            where = (f"token in {admin_token_file}" if admin_token_file else
+                     "its token is held by serve alone; --admin-token-file PATH writes a copy")
+            typer.echo(f"admin APIs ({groups}): restricted to this run's token ({where})")
+        for note in exposure_notes(srv.host, {"HTTP": srv.http_port, "gRPC": srv.grpc_port,
+                                              "metrics": srv.metrics_port}, security):
+            log(note)
         for m in srv.models():
             typer.echo(f"  {m['name']} v{m.get('version', '?')}: {m.get('state', '?')}")
         typer.echo("Ctrl-C or SIGTERM stops it")
@@ -172,7 +201,8 @@ def _read_frames(video: Optional[Path], frames_dir: Optional[Path]):
 
 @app.command()
 def client(
-    url: str = typer.Argument("127.0.0.1:8000", help="server: HOST:PORT (HTTP) or grpc://HOST:PORT"),
+    url: str = typer.Argument("127.0.0.1:8000", help="server: HOST:PORT (HTTP), grpc://HOST:PORT or grpcs://HOST:PORT "
+                                                   "(gRPC over TLS)"),
     text: Optional[str] = typer.Option(None, help="the utterance"),
     video: Optional[Path] = typer.Option(None, help="an mp4 clip (frames decoded with PyAV)"),
     frames: Optional[Path] = typer.Option(None, "--frames", help="a folder of .png/.jpg frames, in name order"),
@@ -182,20 +212,28 @@ def client(
                                                                  "prints one line per update"),
     fps: float = typer.Option(1.0, help="--stream: frames taken per second of video"),
     realtime: bool = typer.Option(False, "--realtime", help="--stream: send at the video's pace, not at once"),
+    tls_ca: Optional[Path] = typer.Option(None, help="grpcs://: the CA certificate (PEM) that signed the server's"),
+    tls_cert: Optional[Path] = typer.Option(None, help="grpcs://: this client's certificate (PEM), for a server "
+                                                       "with mutual TLS"),
+    tls_key: Optional[Path] = typer.Option(None, help="grpcs://: the private key (PEM) of --tls-cert"),
 ) -> None:
     """Send one request with text, frames, or both; print the prediction and which modality was generated.
 
     With --stream VIDEO: send the video as a stream of updates (the first carries --text) and print one line
     per update: the time in the video, the score, and which modality was generated."""
-    if stream is not None:
-        return _client_stream(url, stream, fps, text, realtime, video, frames)
-    import json
+    import os
 
     from trml_edge.serving.client import TritonClient
 
-    arr = _read_frames(video, frames)
-    c = TritonClient(url, model)
+    # gRPC's C core prints its own lines on stderr (a failed TLS handshake, say); the error below says it in one
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+    c = TritonClient(url, model, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key)
     try:
+        if stream is not None:
+            return _client_stream(c, stream, fps, text, realtime, video, frames)
+        import json
+
+        arr = _read_frames(video, frames)
         res = c.infer(arr, text)
     finally:
         c.close()
@@ -204,7 +242,7 @@ def client(
                            "frames_sent": None if arr is None else list(arr.shape)}))
 
 
-def _client_stream(url: str, video_file: Path, fps: float, text: Optional[str], realtime: bool,
+def _client_stream(client, video_file: Path, fps: float, text: Optional[str], realtime: bool,
                    video: Optional[Path], frames: Optional[Path]) -> None:
     """`client --stream`: one TritonStream fed with a video's frames at ``fps``."""
     import numpy as np
@@ -215,7 +253,7 @@ def _client_stream(url: str, video_file: Path, fps: float, text: Optional[str], 
     if video is not None or frames is not None:
         raise DataError("--stream sends its own frames: give --stream VIDEO without --video or --frames")
     t0 = time.monotonic()
-    with TritonStream(url) as s:
+    with TritonStream(client) as s:
         updates = 0
         for t, frame in video_stream(video_file, fps):
             if realtime:

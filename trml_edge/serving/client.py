@@ -1,7 +1,8 @@
 """A client for the ``trml`` router: one request with frames, text or both, through ``tritonclient``.
 
-``TritonClient("127.0.0.1:8000")`` speaks HTTP (``grpc://host:8001`` speaks gRPC). It is safe to share
-between threads: each thread gets its own connection (tritonclient's HTTP client is not thread safe).
+``TritonClient("127.0.0.1:8000")`` speaks HTTP (``grpc://host:8001`` speaks gRPC, ``grpcs://host:8001`` gRPC
+over TLS: ``tls_ca`` is the CA that signed the server's certificate, ``tls_cert``/``tls_key`` the client's own for
+a server that asks for one, ``serve --grpc-tls-client-ca``). It is safe to share between threads: each thread gets its own connection (tritonclient's HTTP client is not thread safe).
 A client error from the server (HTTP 400 / gRPC INVALID_ARGUMENT) raises ``RequestError``; a model that is
 down or reloading (HTTP 503 / gRPC UNAVAILABLE, or Triton's 500 naming a dead Python-backend process, which
 the server's supervisor is about to reload) raises ``ServingUnavailableError``, which is retryable; any
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -41,18 +43,40 @@ def _lib(protocol: str):
 
 
 def parse_url(url: str) -> tuple[str, str]:
-    """'grpc://h:p' -> ('grpc', 'h:p'); 'http://h:p' or 'h:p' -> ('http', 'h:p')."""
-    for scheme in ("http", "grpc"):
+    """'grpc://h:p' -> ('grpc', 'h:p'); 'grpcs://h:p' -> ('grpcs', 'h:p'); 'http://h:p' or 'h:p' -> ('http', 'h:p')."""
+    for scheme in ("http", "grpcs", "grpc"):
         if url.startswith(f"{scheme}://"):
             return scheme, url[len(scheme) + 3 :].rstrip("/")
     if "://" in url:
-        raise ServingError(f"unsupported URL {url!r}; use HOST:PORT (HTTP) or grpc://HOST:PORT")
+        raise ServingError(f"unsupported URL {url!r}; use HOST:PORT (HTTP), grpc://HOST:PORT or grpcs://HOST:PORT "
+                           "(gRPC over TLS)")
     return "http", url.rstrip("/")
 
 
+def _pem(path, flag: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise ServingError(f"{flag} {path}: {e.strerror}; give a readable PEM file") from None
+
+
 class TritonClient:
-    def __init__(self, url: str, model: str = ROUTER, timeout: float = 120.0):
-        self.protocol, self.address = parse_url(url)
+    def __init__(self, url: str, model: str = ROUTER, timeout: float = 120.0, tls_ca: str | Path | None = None,
+                 tls_cert: str | Path | None = None, tls_key: str | Path | None = None):
+        scheme, self.address = parse_url(url)
+        self.protocol = "grpc" if scheme == "grpcs" else scheme  # tritonclient's module
+        self.tls = scheme == "grpcs"
+        if not self.tls and (tls_ca or tls_cert or tls_key):
+            raise ServingError(f"TLS files were given for {url!r}, which is not a grpcs:// URL; the server's gRPC "
+                               "port speaks TLS only when serve has --grpc-tls-cert: use grpcs://HOST:PORT")
+        if (tls_cert is None) != (tls_key is None):
+            raise ServingError("a client certificate needs its key: give --tls-cert and --tls-key together")
+        # read now, so a bad path is one error at construction, not a failure inside a worker thread
+        self._tls = {"root_certificates": tls_ca, "private_key": tls_key, "certificate_chain": tls_cert}
+        for key, flag in (("root_certificates", "--tls-ca"), ("private_key", "--tls-key"),
+                          ("certificate_chain", "--tls-cert")):
+            if self._tls[key] is not None:
+                _pem(self._tls[key], flag)
         self.model, self.timeout = model, timeout
         self._local = threading.local()
         self._all: list = []
@@ -62,7 +86,10 @@ class TritonClient:
         c = getattr(self._local, "client", None)
         if c is None:
             lib, _ = _lib(self.protocol)
-            if self.protocol == "grpc":
+            if self.protocol == "grpc" and self.tls:  # tritonclient reads the PEM files itself
+                c = lib.InferenceServerClient(self.address, ssl=True, **{k: None if v is None else str(v)
+                                                                         for k, v in self._tls.items()})
+            elif self.protocol == "grpc":
                 c = lib.InferenceServerClient(self.address)
             else:
                 c = lib.InferenceServerClient(self.address, connection_timeout=self.timeout,
@@ -129,6 +156,10 @@ def error_from(e) -> Exception:
     msg = e.message() if hasattr(e, "message") else str(e)
     if status in CLIENT_ERROR:
         err = RequestError(f"the server refused the request: {msg}")
+    elif status in UNAVAILABLE and "failed to connect" in msg:  # gRPC: nothing answered (or TLS did not agree)
+        err = ServingUnavailableError(f"could not reach the server (status {status}): {msg}; check the address and "
+                                      "that `trml-edge serve` is running (grpcs://: that --tls-ca signed the "
+                                      "server's certificate)")
     elif status in UNAVAILABLE or any(s in msg for s in RELOADING):
         err = ServingUnavailableError(f"the server is reloading a model (status {status}): {msg}; retry shortly")
     else:

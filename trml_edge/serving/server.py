@@ -9,6 +9,10 @@ box, ``tritonserver=PATH`` points at the JetPack or system binary (its ``backend
 The server runs in its own process group, so stopping it also ends every Python-backend stub it spawned.
 With ``supervise=True`` (what ``trml-edge serve`` does) it runs under explicit model control and a
 ``Supervisor`` reloads any model whose Python-backend stub dies (``trml_edge.serving.supervisor``).
+
+Secure by default (``trml_edge.serving.security``): the admin APIs (model repository, shared memory, trace,
+logging) answer only requests that carry this run's secret, which ``request()`` (and so the supervisor) sends
+and nothing prints; ``ServerSecurity`` opens them, writes a copy of the secret for the user, or adds TLS to gRPC.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ import urllib.request
 from pathlib import Path
 
 from trml_edge.errors import MissingDependencyError, ServingError
+from trml_edge.serving.security import (ADMIN_HEADER, ServerSecurity, new_token, remove_token_file, restriction_flags,
+                                        write_token_file)
 
 HOST = "127.0.0.1"
 
@@ -86,8 +92,9 @@ def check_port(port: int, flag: str, host: str = HOST) -> int:
     return port
 
 
-def _get(url: str, data: bytes | None = None, timeout: float = 2.0) -> tuple[int, bytes]:
-    req = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET")
+def _get(url: str, data: bytes | None = None, timeout: float = 2.0, headers: dict[str, str] | None = None
+         ) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET", headers=headers or {})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.status, r.read()
@@ -101,7 +108,8 @@ class TritonServer:
     def __init__(self, repo: str | Path, http_port: int | None = None, grpc_port: int | None = None,
                  metrics_port: int | None = None, tritonserver: str | Path | None = None,
                  backend_directory: str | Path | None = None, host: str = HOST, log_file: str | Path | None = None,
-                 startup_timeout: float = 300.0, supervise: bool = False, log=None):
+                 startup_timeout: float = 300.0, supervise: bool = False, log=None,
+                 security: ServerSecurity | None = None):
         self.repo = Path(repo).resolve()
         self.host, self.timeout = host, startup_timeout
         self.ports = {"http": (http_port, "--http-port"), "grpc": (grpc_port, "--grpc-port"),
@@ -112,6 +120,10 @@ class TritonServer:
         self.http_port = self.grpc_port = self.metrics_port = 0
         self.supervise, self.log = supervise, log or (lambda line: None)
         self.supervisor = None
+        self.security = security or ServerSecurity()
+        self.security.validate()
+        # the per-run admin secret: on Triton's command line and in request()'s header, never printed
+        self._token = None if self.security.open_admin_api else new_token()
 
     @property
     def url(self) -> str:
@@ -147,6 +159,10 @@ class TritonServer:
                "--disable-auto-complete-config"]
         if self.supervise:  # the supervisor reloads a broken model through the repository API
             cmd += ["--model-control-mode", "explicit", "--load-model", "*"]
+        if self._token is not None:
+            cmd += restriction_flags(self._token)
+        if self.security.grpc_tls is not None:
+            cmd += self.security.grpc_tls.flags()
         return cmd, env
 
     def start(self) -> TritonServer:
@@ -167,6 +183,8 @@ class TritonServer:
                                    f"triton build` (full log: {self.log_file})")
             try:
                 if _get(f"http://{self.url}/v2/health/ready", timeout=1.0)[0] == 200:
+                    if self.security.admin_token_file is not None:
+                        write_token_file(self.security.admin_token_file, self._token)
                     if self.supervise:
                         from trml_edge.serving.supervisor import Supervisor
 
@@ -191,14 +209,18 @@ class TritonServer:
 
     def models(self) -> list[dict]:
         """Triton's repository index: name, version, state of every model."""
-        status, body = _get(f"http://{self.url}/v2/repository/index", data=b"{}")
+        status, body = self.request("/v2/repository/index", data=b"{}")
         if status != 200:
             raise ServingError(f"tritonserver answered {status} to the repository index: {body[:200]!r}")
         return json.loads(body)
 
     def request(self, path: str, data: bytes | None = None, timeout: float = 2.0) -> tuple[int, bytes]:
-        """One HTTP call to the server: (status, body)."""
-        return _get(f"http://{self.url}{path}", data=data, timeout=timeout)
+        """One HTTP call to the server, with this run's admin secret: (status, body)."""
+        return _get(f"http://{self.url}{path}", data=data, timeout=timeout, headers=self.admin_headers())
+
+    def admin_headers(self) -> dict[str, str]:
+        """The HTTP header that opens the restricted APIs of this run (empty when they are open)."""
+        return {} if self._token is None else {ADMIN_HEADER: self._token}
 
     def ready(self) -> bool:
         """Triton's own readiness (strict: every model ready)."""
@@ -235,6 +257,8 @@ class TritonServer:
                 break
         self._close_log()
         self.proc = None
+        if self.security.admin_token_file is not None and self._token is not None:
+            remove_token_file(self.security.admin_token_file, self._token)
 
     def _close_log(self) -> None:
         log = getattr(self, "_log", None)

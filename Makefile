@@ -25,8 +25,14 @@ test: setup
 test-all: setup  # every test, the gpu/trt ones too (on a machine that has a GPU, TensorRT and a GPU Triton)
 	$(BIN)/python -m pytest -m ''
 
-target-check: setup  # first on a new GPU box or Jetson: doctor, build-engines, gpu tests, profile -> target_check/report.md
-	$(BIN)/trml-edge doctor --run --out target_check
+# First on a new GPU box or Jetson: build $(TARGET_VENV) with what this machine needs (the trt-cu12/trt-cu13 extra for
+# its driver, or on a Jetson JetPack's TensorRT; target_check/setup.sh lists the commands, or the first step refuses
+# with the fix), then doctor, build-engines, gpu tests, profile -> target_check/report.md
+TARGET_VENV ?= .venv-target
+target-check:
+	$(PY) -m trml_edge.target_env --venv $(TARGET_VENV) --out target_check/setup.sh
+	sh -e target_check/setup.sh
+	$(TARGET_VENV)/bin/trml-edge doctor --run --out target_check
 
 bench: setup
 	$(BIN)/python benchmarks/bench_missing.py --out bench_out/missing

@@ -1,5 +1,7 @@
-"""`trml-edge doctor` on this machine (no GPU, the CPU tritonserver bundled by nvidia-pytriton), and on a
-machine that lacks ONNX Runtime, PyTorch, CUDA and pytriton (the same interpreter with those imports blocked)."""
+"""`trml-edge doctor` on this machine (no GPU, the CPU tritonserver bundled by nvidia-pytriton), on a machine
+that lacks ONNX Runtime, PyTorch, CUDA and pytriton (the same interpreter with those imports blocked), and on
+machines faked where they cannot be had here (tests/trt_fakes.py): a CUDA 12 driver with CUDA 13 builds of
+cuda-bindings or TensorRT, a Jetson, a Triton server whose TensorRT folder holds two releases."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import textwrap
 
 import pytest
 
-from trml_edge.doctor import ERROR, MISSING, OK, _guard, doctor, render
+from trml_edge.doctor import ERROR, MISSING, OK, WARN, _guard, doctor, render
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +25,9 @@ def test_reports_no_gpu_and_no_tensorrt_here(report):
     gpu = report["checks"]["gpu"]
     assert gpu["status"] == MISSING and "no NVIDIA GPU" in gpu["detail"] and gpu["fix"]
     trt = report["checks"]["tensorrt"]
-    assert trt["status"] == MISSING and "tensorrt>=10.1,<12" in trt["detail"] and "trml-edge[trt]" in trt["fix"]
+    assert trt["status"] == MISSING and "tensorrt>=10.1,<12" in trt["detail"]
+    # no driver here to choose by: both extras, each with the drivers it is for
+    assert "'trml-edge[trt-cu13]' with an R580+ driver" in trt["fix"] and "'trml-edge[trt-cu12]'" in trt["fix"]
 
 
 def test_reports_the_cpu_server_and_its_python_backend(report):
@@ -125,9 +129,141 @@ def test_target_check_writes_one_report_and_says_what_it_could_not_do(tmp_path, 
     rep = json.loads((out / "report.json").read_text())
     steps = {s["name"].split(" ")[0]: s for s in rep["steps"]}
     assert steps["doctor"]["status"] == "OK"
-    assert steps["build-engines"]["status"] == "FAIL" and "trml-edge[trt]" in steps["build-engines"]["detail"]
+    assert steps["build-engines"]["status"] == "FAIL" and "trml-edge[trt-cu13]" in steps["build-engines"]["detail"]
     assert steps["gpu"]["status"] == "SKIPPED" and "source checkout" in steps["gpu"]["detail"]
     assert steps["profile"]["status"] == "SKIPPED" and "no bundle has engines" in steps["profile"]["detail"]
     text = (out / "report.md").read_text()
     assert "| build-engines" in text and "use serve" in text and '"schema": "trml-edge-doctor"' in text
     assert not list(bundle("fp32").glob("engines/*.plan"))
+
+
+# ---- machines that cannot be had here: fakes of the driver, the bindings, package metadata, a Jetson -----------
+
+def _claims(monkeypatch, *modules):
+    """doctor sees ``modules`` as installed (their metadata is faked; nothing imports them before the check)."""
+    import trml_edge.doctor as d
+
+    real = d._has
+    monkeypatch.setattr(d, "_has", lambda m: m in modules or real(m))
+
+
+def _driver(tmp_path, monkeypatch, driver: str, driver_cuda: int, runtime_cuda: int, status: int):
+    import trml_edge.export.trt_runner as runner
+    from trt_fakes import fake_cuda, fake_nvidia_smi, not_a_jetson
+
+    not_a_jetson(tmp_path, monkeypatch)
+    fake_nvidia_smi(tmp_path, monkeypatch, driver=driver)
+    cuda = fake_cuda(driver_cuda=driver_cuda, runtime_cuda=runtime_cuda, device_count_status=status)
+    monkeypatch.setattr(runner, "_cuda", lambda: cuda)
+
+
+def test_cuda_bindings_13_on_a_cuda_12_driver_is_an_error_not_ready_engines(tmp_path, monkeypatch):
+    """The driver API answers (so the GPU check passes, as it did before), but cuda-bindings 13 carries the CUDA 13
+    runtime and an R550 driver runs CUDA 12.4: the runtime fails with error 35, and engines cannot run."""
+    from trt_fakes import fake_dists
+
+    _driver(tmp_path, monkeypatch, "550.54.15", driver_cuda=12040, runtime_cuda=13000, status=35)
+    fake_dists(tmp_path, monkeypatch, {"cuda-bindings": "13.5.0"})
+    _claims(monkeypatch, "cuda.bindings")
+    rep = doctor()
+    gpu, cuda = rep["checks"]["gpu"], rep["checks"]["cuda_python"]
+    assert gpu["status"] == OK and "supports CUDA 12.4" in gpu["detail"] and "driver 550.54.15" in gpu["detail"]
+    assert cuda["status"] == ERROR
+    assert "cuda-bindings 13.5.0 (CUDA 13)" in cuda["detail"] and "CUDA 12.4" in cuda["detail"]
+    assert "error 35" in cuda["detail"]
+    assert cuda["fix"].startswith("pip uninstall -y cuda-bindings cuda-python, then pip install 'trml-edge[trt-cu12]'")
+    assert rep["uses"]["export"]["runs"] == "cpu-only" and rep["uses"]["profile"]["runs"] == "cpu-only"
+    assert "use export    cpu-only" in render(rep)
+
+
+def test_the_runtime_api_is_probed_not_only_the_driver_api(tmp_path, monkeypatch):
+    """cuda-bindings of the driver's major: the runtime call itself decides (its failure is the check's error)."""
+    from trt_fakes import fake_dists
+
+    fake_dists(tmp_path, monkeypatch, {"cuda-bindings": "12.9.10"})
+    _claims(monkeypatch, "cuda.bindings")
+    _driver(tmp_path, monkeypatch, "575.57.08", driver_cuda=12090, runtime_cuda=12090, status=100)
+    cuda = doctor()["checks"]["cuda_python"]
+    assert cuda["status"] == ERROR and "cudaGetDeviceCount: cudaErrorNoDevice, error 100" in cuda["detail"]
+    _driver(tmp_path, monkeypatch, "575.57.08", driver_cuda=12090, runtime_cuda=12090, status=0)
+    cuda = doctor()["checks"]["cuda_python"]
+    assert cuda["status"] == OK and "runtime API: CUDA 12.9, 1 device(s)" in cuda["detail"]
+
+
+def test_a_tensorrt_wheel_built_for_a_newer_cuda_than_the_driver(tmp_path, monkeypatch):
+    """PyPI's `tensorrt` now installs the CUDA 13 build: on an R550 driver trt.Builder fails (error 35)."""
+    import sys
+    from types import SimpleNamespace
+
+    from trt_fakes import fake_dists
+
+    wheels = dict.fromkeys(("tensorrt", "tensorrt-cu13", "tensorrt_cu13_libs", "tensorrt_cu13_bindings"), "11.4.0.106")
+    fake_dists(tmp_path, monkeypatch, wheels, requires={"tensorrt": ["tensorrt_cu13==11.4.0.106"]})
+    _claims(monkeypatch, "tensorrt")
+    _driver(tmp_path, monkeypatch, "550.54.15", driver_cuda=12040, runtime_cuda=12040, status=0)
+    trt = doctor()["checks"]["tensorrt"]
+    assert trt["status"] == ERROR and "built for CUDA 13" in trt["detail"] and "runs CUDA 12.4" in trt["detail"]
+    assert trt["fix"] == ("pip uninstall -y tensorrt tensorrt-cu13 tensorrt-cu13-bindings tensorrt-cu13-libs, then "
+                          "pip install 'trml-edge[trt-cu12]' (this driver, 550.54.15, runs CUDA 12)")
+    # the same wheel on an R580 driver is what that driver runs
+    _driver(tmp_path, monkeypatch, "580.65.06", driver_cuda=13000, runtime_cuda=13000, status=0)
+    monkeypatch.setitem(sys.modules, "tensorrt", SimpleNamespace(__version__="11.4.0.106"))
+    trt = doctor()["checks"]["tensorrt"]
+    assert trt["status"] == OK and "11.4.0.106 (pip tensorrt tensorrt-cu13" in trt["detail"]
+    assert ": CUDA 13;" in trt["detail"]
+
+
+def test_on_a_jetson_every_fix_is_jetpacks_tensorrt(tmp_path, monkeypatch):
+    """doctor, the engine runner, build-engines and the CLI's missing-module line all say: JetPack's TensorRT,
+    cuda-python <13, a venv that sees the system packages; never a pip extra of ours."""
+    import sys
+
+    from trml_edge.errors import MissingDependencyError
+    from trml_edge.export.tensorrt import _trt
+    from trml_edge.export.trt_runner import _cuda
+    from trml_edge.versions import missing_module_message
+    from trt_fakes import fake_dists, fake_jetson, no_nvidia_smi
+
+    fake_jetson(tmp_path, monkeypatch)
+    no_nvidia_smi(tmp_path, monkeypatch)
+    fake_dists(tmp_path, monkeypatch, {"cuda-bindings": "13.5.0"})
+    _claims(monkeypatch, "cuda.bindings")
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # JetPack's python3-libnvinfer not installed
+
+    def jetpack(text: str) -> None:
+        assert "sudo apt install python3-libnvinfer" in text and "--system-site-packages" in text, text
+        assert "'cuda-bindings>=12.8,<13'" in text and "trml-edge[" not in text, text
+
+    checks = doctor()["checks"]
+    assert checks["gpu"]["status"] == WARN and "R36" in checks["gpu"]["detail"]
+    for name in ("gpu", "tensorrt", "cuda_python"):
+        jetpack(checks[name]["fix"])
+    assert checks["tensorrt"]["status"] == MISSING
+    assert checks["cuda_python"]["status"] == ERROR and "13.5.0 (CUDA 13)" in checks["cuda_python"]["detail"]
+    with pytest.raises(MissingDependencyError) as e:
+        _trt()  # build-engines' first TensorRT step
+    jetpack(str(e.value))
+    monkeypatch.setitem(sys.modules, "cuda.bindings", None)
+    with pytest.raises(MissingDependencyError) as e:
+        _cuda()  # the engine runner and the GPU probe
+    jetpack(str(e.value))
+    jetpack(missing_module_message("tensorrt"))
+    fake_dists(tmp_path / "pip", monkeypatch, {"tensorrt-cu12": "10.3.0"})  # a PyPI wheel on the Jetson
+    monkeypatch.delitem(sys.modules, "tensorrt")
+    _claims(monkeypatch, "cuda.bindings", "tensorrt")
+    trt = doctor()["checks"]["tensorrt"]
+    assert trt["status"] == ERROR and "not built for JetPack" in trt["detail"]
+    assert trt["fix"].startswith("pip uninstall -y tensorrt-cu12, then on a Jetson use JetPack's TensorRT")
+
+
+def test_the_server_tensorrt_is_the_one_its_backend_links(tmp_path, monkeypatch):
+    """Two releases in one library folder: doctor names the one libtriton_tensorrt.so loads (serve's check uses
+    the same function), not the first file name in sort order."""
+    from trt_fakes import fake_triton
+
+    binary = fake_triton(tmp_path, {"libnvinfer.so.10.12.0": None, "libnvinfer.so.10.3.0": None,
+                                    "libnvinfer.so.10": "libnvinfer.so.10.3.0"})
+    monkeypatch.setenv("LD_LIBRARY_PATH", str(binary.parents[1] / "lib"))
+    srv = doctor(tritonserver=str(binary))["checks"]["tritonserver"]
+    assert srv["status"] == OK and srv["backends"] == ["python", "tensorrt"] and srv["tensorrt"] == "10.3.0"
+    assert "TensorRT: 10.3.0 (libnvinfer.so.10 linked by libtriton_tensorrt.so" in srv["detail"]

@@ -85,7 +85,7 @@ def test_runtime_only_install_works_without_torch(tmp_path):
     cases = {"train": ("train", "--data", tmp_path, "--out", tmp_path / "run"),
              "serve": ("serve", tmp_path / "repo"),
              "profile": ("profile", b, "--out", tmp_path / "report"),
-             "trt": ("build-engines", b)}
+             "trt-cu13": ("build-engines", b)}  # no driver here: the advice names both extras
     (tmp_path / "repo" / "trml").mkdir(parents=True)
     (tmp_path / "repo" / "trml" / "config.pbtxt").write_text('name: "trml"\n')
     for extra, args in cases.items():
@@ -204,3 +204,38 @@ def test_recipes_and_calibration_sets_resolve_by_name_from_any_folder(tmp_path, 
     (tmp_path / "export" / "cpu-int8.toml").write_text('name = "mine"\n')
     assert apply_recipe(ExportConfig(run="r", out="o"), "export/cpu-int8.toml").recipe == "mine"
     assert assets.calibration("calibration/absent") == Path("calibration/absent")  # for the loader's own message
+
+
+def test_a_local_calibration_folder_wins_over_the_shipped_set(tmp_path, monkeypatch):
+    """`calibration/default` in the folder the command runs in is the user's own set: it is used, by the
+    --calibration flag and by a shipped recipe that names calibration/default, rather than the shipped set."""
+    from trml_edge import assets
+    from trml_edge.export.recipe import ExportConfig, apply_recipe
+
+    monkeypatch.chdir(tmp_path)
+    local = tmp_path / "calibration" / "default"
+    local.mkdir(parents=True)
+    (local / "manifest.json").write_text('{"name": "mine"}\n')
+    assert assets.calibration("calibration/default").resolve() == local
+    cfg = apply_recipe(ExportConfig(run="r", out="o"), "cpu-int8")
+    cfg.validate()
+    assert Path(cfg.calibration).resolve() == local
+    assert assets.calibration("default") == ROOT / "calibration" / "default"  # a bare name is still the shipped set
+
+
+def test_version_reports_two_onnxruntime_distributions(tmp_path, monkeypatch):
+    """`onnxruntime` and `onnxruntime-gpu` both installed (each provides the `onnxruntime` module; their files
+    overwrite each other): `trml-edge --version` names both and says how to keep one."""
+    from typer.testing import CliRunner
+
+    from trml_edge.cli import app
+    from trt_fakes import fake_dists
+
+    fake_dists(tmp_path, monkeypatch, {"onnxruntime": "1.99.0", "onnxruntime-gpu": "1.98.0"},
+               top_level={"onnxruntime": "onnxruntime", "onnxruntime-gpu": "onnxruntime"})
+    res = CliRunner().invoke(app, ["--version"])
+    assert res.exit_code == 0, res.output
+    line = next(ln for ln in res.output.splitlines() if ln.startswith("onnxruntime:"))
+    assert "1.99.0 (distribution onnxruntime), 1.98.0 (distribution onnxruntime-gpu)" in line
+    assert "more than one distribution provides the onnxruntime module" in line
+    assert "pip uninstall -y onnxruntime onnxruntime-gpu" in line

@@ -82,7 +82,7 @@ def test_build_engines_without_tensorrt_fails_clearly_and_writes_no_engine():
     res = CliRunner().invoke(app, ["build-engines", str(path)])
     assert res.exit_code != 0
     assert isinstance(res.exception, (MissingDependencyError, ExportError))
-    assert "trml-edge[trt]" in str(res.exception)
+    assert "trml-edge[trt-cu1" in str(res.exception)  # the extra for this driver, or both with the drivers they need
     assert not list(path.glob("engines/*.plan"))
     assert json.loads((path / "manifest.json").read_text())["engines"] == {}
 
@@ -98,14 +98,66 @@ def test_build_engines_lints_before_it_needs_tensorrt():
 def test_supported_range_is_the_pyproject_pin():
     import tomllib
 
-    from trml_edge.export.tensorrt import TRT_REQUIREMENT, tensorrt_version_problem
+    from packaging.requirements import Requirement
+    from packaging.specifiers import SpecifierSet
 
-    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["trt"]
-    assert TRT_REQUIREMENT in extra
+    from trml_edge.tensorrt_env import EXTRAS, TRT_RANGE, tensorrt_version_problem
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    for major, name in EXTRAS.items():
+        pinned = {r.name: r.specifier for r in map(Requirement, extras[name])}
+        assert pinned[f"tensorrt-cu{major}"] == SpecifierSet(TRT_RANGE), name
     for ok in ("10.1.0", "10.3.0.30", "10.13.2", "11.0.0", "11.4.1.7"):
         assert tensorrt_version_problem(ok) is None, ok
     for bad in ("8.6.1", "10.0.1.6", "12.0.0"):
-        assert "outside the supported range" in tensorrt_version_problem(bad), bad
+        assert "outside the supported range (10.1 to 11.x)" in tensorrt_version_problem(bad), bad
+
+
+def _cuda12_box_with_a_cuda13_tensorrt(tmp_path, monkeypatch):
+    from trt_fakes import fake_dists, fake_nvidia_smi, not_a_jetson
+
+    not_a_jetson(tmp_path, monkeypatch)
+    fake_nvidia_smi(tmp_path, monkeypatch, driver="550.54.15")
+    fake_dists(tmp_path, monkeypatch, {"tensorrt-cu13": "11.4.0.106"})
+
+
+def test_a_cuda_failure_creating_the_builder_is_one_line_and_writes_nothing(tmp_path, monkeypatch):
+    """TensorRT logs "CUDA initialization failure with error: 35" and its binding raises TypeError from
+    trt.Builder: build-engines says why (the CUDA builds against the driver) and what to install."""
+    from trml_edge.export.tensorrt import build_engine
+    from trt_fakes import FakeTensorRT
+
+    _cuda12_box_with_a_cuda13_tensorrt(tmp_path, monkeypatch)
+    b = load_bundle(bundle("fp32"))
+    entry = b.graphs["fusion_head"]
+    plan, cache = tmp_path / "fusion_head.plan", tmp_path / "timing.cache"
+    with pytest.raises(ExportError) as e:
+        build_engine(FakeTensorRT(), b.path("fusion_head"), plan, "fusion_head", entry["precision"],
+                     {k: tuple(map(tuple, v)) for k, v in entry["profile"].items()}, 64, cache)
+    msg = str(e.value)
+    assert "TensorRT could not create its Builder (pybind11::init(): factory function returned nullptr)" in msg
+    assert "tensorrt-cu13 11.4.0.106 (CUDA 13)" in msg and "driver 550.54.15 (CUDA 12)" in msg
+    assert msg.endswith("pip install 'trml-edge[trt-cu12]' (this driver, 550.54.15, runs CUDA 12)")
+    assert not plan.exists() and not cache.exists()
+
+
+def test_a_cuda_failure_creating_the_runtime_is_one_line_and_one_logger_serves_both(tmp_path, monkeypatch):
+    """The engine runner's trt.Runtime fails the same way; and the Builder and the Runtime get the same logger
+    (TensorRT keeps one and warns on every parity run when handed a second)."""
+    import trml_edge.export.trt_runner as runner
+    from trml_edge.export.tensorrt import build_engine
+    from trt_fakes import FakeTensorRT, fake_cuda
+
+    _cuda12_box_with_a_cuda13_tensorrt(tmp_path, monkeypatch)
+    monkeypatch.setattr(runner, "_cuda", lambda: fake_cuda())
+    trt = FakeTensorRT()
+    with pytest.raises(ExportError, match=r"could not create its Runtime .*trml-edge\[trt-cu12\]"):
+        runner.EngineRunner(trt, tmp_path / "any.plan")
+    b = load_bundle(bundle("fp32"))
+    with pytest.raises(ExportError, match="could not create its Builder"):
+        build_engine(trt, b.path("fusion_head"), tmp_path / "p.plan", "fusion_head", "fp32", {}, 64, tmp_path / "c")
+    assert len(trt.loggers) == 2 and trt.loggers[0] is trt.loggers[1] and trt.Logger.made == 1
+    assert trt.loggers[0].severity == trt.Logger.WARNING
 
 
 def test_network_is_strongly_typed_on_10x_and_11x():

@@ -10,14 +10,13 @@ from __future__ import annotations
 import importlib.util
 import os
 import platform
-import re
-import shutil
-import subprocess
 import sys
 import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
+
+from trml_edge import tensorrt_env as env
 
 SCHEMA = "trml-edge-doctor"
 OK, MISSING, WARN, ERROR = "ok", "missing", "warn", "error"
@@ -73,26 +72,11 @@ def probe_memory() -> dict[str, Any]:
             "total_mib": total, "available_mib": avail}
 
 
-def _nvidia_smi() -> list[dict[str, str]]:
-    if not shutil.which("nvidia-smi"):
-        return []
-    fields = "name,driver_version,compute_cap,memory.total"
-    try:
-        out = subprocess.run(["nvidia-smi", f"--query-gpu={fields}", "--format=csv,noheader"], capture_output=True,
-                             text=True, timeout=20)
-    except (OSError, subprocess.TimeoutExpired):
-        return []
-    rows = [dict(zip(fields.split(","), (c.strip() for c in line.split(",")))) for line in out.stdout.splitlines()
-            if line.strip()]
-    return [r for r in rows if len(r) == 4]
-
-
-def probe_gpu() -> dict[str, Any]:
+def probe_gpu(m: dict[str, Any]) -> dict[str, Any]:
     from trml_edge.export.trt_runner import probe_gpu as cuda_probe
 
-    jetson = Path("/etc/nv_tegra_release")
-    l4t = jetson.read_text(errors="replace").splitlines()[0].strip() if jetson.is_file() else None
-    smi = _nvidia_smi()
+    l4t = m.get("l4t")
+    smi = env.nvidia_smi()
     dev, why = cuda_probe()
     if dev is not None:
         driver = f"driver {smi[0]['driver_version']}, " if smi else ""
@@ -101,36 +85,79 @@ def probe_gpu() -> dict[str, Any]:
                 (f"; {l4t}" if l4t else ""), "device": dev, "nvidia_smi": smi, "l4t": l4t}
     if smi or l4t:
         return {"status": WARN, "detail": f"a GPU is present ({smi[0]['name'] if smi else l4t}) but CUDA cannot be "
-                f"used from Python: {why}", "fix": "pip install 'trml-edge[trt]' (cuda-python), and check the driver",
+                f"used from Python: {why}", "fix": f"{env.install_advice(m)}; and check the driver",
                 "nvidia_smi": smi, "l4t": l4t}
     return {"status": MISSING, "detail": f"no NVIDIA GPU ({why})", "fix": "TensorRT engines need an NVIDIA GPU or "
             "Jetson: run build-engines and the engine profile there", "nvidia_smi": [], "l4t": None}
 
 
-def probe_tensorrt() -> dict[str, Any]:
-    from trml_edge.export.tensorrt import TRT_REQUIREMENT, tensorrt_version_problem
+def _driver_cuda(m: dict[str, Any], gpu: dict[str, Any]) -> tuple[int | None, str]:
+    """(CUDA major, as text) the driver runs: exact from the CUDA driver API when the GPU probe reached it, else
+    from the driver branch (nvidia-smi) or the L4T release."""
+    exact = (gpu.get("device") or {}).get("driver_cuda")
+    if exact:
+        return int(exact.split(".")[0]), f"CUDA {exact}"
+    if m.get("jetson"):
+        return m.get("cuda_major"), f"CUDA {m.get('cuda_major') or '?'} ({m.get('l4t')})"
+    major = m.get("cuda_major")
+    return major, f"CUDA {major}" + (f" (driver {m['driver']})" if m.get("driver") else "")
 
+
+def probe_tensorrt(m: dict[str, Any], gpu: dict[str, Any]) -> dict[str, Any]:
+    """TensorRT's version against the supported range, and the CUDA major of its pip wheel against the driver's
+    (a wheel built for a newer CUDA fails at trt.Builder with "CUDA initialization failure with error: 35")."""
     if not _has("tensorrt"):
-        return {"status": MISSING, "detail": f"not installed (supported: {TRT_REQUIREMENT})",
-                "fix": "on the GPU machine: pip install 'trml-edge[trt]' (Jetson: JetPack's python3-libnvinfer)"}
+        return {"status": MISSING, "detail": f"not installed (supported: {env.TRT_REQUIREMENT})",
+                "fix": env.install_advice(m)}
+    wheels = env.tensorrt_wheels()
+    major = env.wheel_cuda_major(wheels)
+    pip = " ".join(sorted(wheels))
+    variant = (f"pip {pip}: CUDA {major or '?'}" if wheels else "no pip metadata: JetPack's or a system install")
+    if m.get("jetson") and major is not None:
+        return {"status": ERROR, "detail": f"a PyPI TensorRT wheel ({variant}) on a Jetson, not built for JetPack",
+                "fix": f"pip uninstall -y {pip}, then {env.jetson_advice(m.get('cuda_major'))}"}
+    driver, driver_text = _driver_cuda(m, gpu)
+    if major is not None and driver is not None and major > driver:
+        return {"status": ERROR, "detail": f"the TensorRT wheel is built for CUDA {major} ({variant}) and this driver "
+                f"runs {driver_text}: trt.Builder fails (CUDA initialization failure, error 35)",
+                "fix": f"pip uninstall -y {pip}, then {env.install_advice(m)}"}
     try:
         import tensorrt as trt
     except (ImportError, OSError) as e:  # the wheel is there but libnvinfer is not loadable
-        return {"status": ERROR, "detail": f"installed but does not import: {e}",
-                "fix": f"reinstall it: pip install --force-reinstall '{TRT_REQUIREMENT}'"}
-    problem = tensorrt_version_problem(trt.__version__)
+        return {"status": ERROR, "detail": f"installed ({variant}) but does not import: {e}",
+                "fix": f"reinstall it: {env.install_advice(m)}"}
+    problem = env.tensorrt_version_problem(trt.__version__)
     if problem:
-        return {"status": WARN, "detail": problem, "version": trt.__version__,
-                "fix": f"pip install '{TRT_REQUIREMENT}'"}
-    return {"status": OK, "detail": f"{trt.__version__} (supported: {TRT_REQUIREMENT})", "version": trt.__version__}
+        return {"status": WARN, "detail": problem, "version": trt.__version__, "fix": env.install_advice(m)}
+    return {"status": OK, "detail": f"{trt.__version__} ({variant}; supported: {env.TRT_REQUIREMENT})",
+            "version": trt.__version__, "cuda_major": major}
 
 
-def probe_cuda_python() -> dict[str, Any]:
+def probe_cuda_python(m: dict[str, Any], gpu: dict[str, Any]) -> dict[str, Any]:
+    """cuda-bindings: its CUDA major against the driver's, and the runtime API itself (the driver API probes of
+    the GPU check pass with a binding whose runtime the driver cannot run)."""
     v = _version("cuda-bindings", "cuda-python")
     if v is None or not _has("cuda.bindings"):
         return {"status": MISSING, "detail": "cuda-python (cuda.bindings) is not installed",
-                "fix": "pip install 'trml-edge[trt]'"}
-    return {"status": OK, "detail": f"cuda-bindings {v}", "version": v}
+                "fix": env.install_advice(m)}
+    major = env.version_tuple(v, 1)[0]
+    detail = f"cuda-bindings {v} (CUDA {major})"
+    driver, driver_text = _driver_cuda(m, gpu)
+    if driver is not None and major > driver:
+        return {"status": ERROR, "detail": f"{detail} carries the CUDA {major} runtime and this driver runs "
+                f"{driver_text}: every runtime call fails (cudaErrorInsufficientDriver, error 35)",
+                "fix": f"pip uninstall -y cuda-bindings cuda-python, then {env.install_advice(m)}", "version": v}
+    if gpu.get("status") != OK:  # no GPU reached: the runtime API has nothing to run on
+        return {"status": OK, "detail": f"{detail}; runtime API not probed (no usable GPU)", "version": v}
+    from trml_edge.errors import ExportError
+    from trml_edge.export.trt_runner import cuda_runtime
+
+    try:
+        rt = cuda_runtime()
+    except ExportError as e:
+        return {"status": ERROR, "detail": f"{detail}: {e}", "fix": env.install_advice(m), "version": v}
+    return {"status": OK, "detail": f"{detail}; runtime API: CUDA {rt['runtime_cuda']}, {rt['devices']} device(s)",
+            "version": v, **rt}
 
 
 def probe_onnxruntime() -> dict[str, Any]:
@@ -149,26 +176,6 @@ def probe_training() -> dict[str, Any]:
         return {"status": MISSING, "detail": f"not installed: {', '.join(missing)}",
                 "fix": "pip install 'trml-edge[train]' (export needs the PyTorch model)"}
     return {"status": OK, "detail": f"torch {_version('torch')}, open_clip {_version('open_clip_torch')}"}
-
-
-def _server_tensorrt(backend_dir: Path) -> str | None:
-    """The TensorRT the server's tensorrt backend links (libnvinfer.so.N), with the full version when found."""
-    lib = backend_dir / "tensorrt" / "libtriton_tensorrt.so"
-    if not lib.is_file():
-        return None
-    m = re.search(rb"libnvinfer\.so\.(\d+)", lib.read_bytes())
-    if not m:
-        return "linked TensorRT version not found in libtriton_tensorrt.so"
-    major = m.group(1).decode()
-    if shutil.which("ldconfig"):
-        try:
-            out = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True, timeout=20).stdout
-        except (OSError, subprocess.TimeoutExpired):
-            out = ""
-        for path in re.findall(rf"libnvinfer\.so\.{major}\s.*=>\s*(\S+)", out):
-            real = Path(path).resolve().name  # libnvinfer.so.10.3.0
-            return real.replace("libnvinfer.so.", "")
-    return f"{major}.x (libnvinfer.so.{major})"
 
 
 def probe_tritonserver(binary: str | None = None) -> dict[str, Any]:
@@ -195,10 +202,11 @@ def probe_tritonserver(binary: str | None = None) -> dict[str, Any]:
     names = sorted(p.name for p in backends.iterdir() if p.is_dir()) if backends.is_dir() else []
     version_file = exe.resolve().parents[1] / "TRITON_VERSION"  # NGC containers and JetPack releases have it
     version = version_file.read_text().strip() if version_file.is_file() else None
-    trt = _server_tensorrt(backends)
+    trt, how = env.server_tensorrt(backends) if "tensorrt" in names else (None, "")
+    trt_text = f"{trt or 'version unknown'} ({how})" if "tensorrt" in names else "no tensorrt backend"
     return {"status": OK if "python" in names else WARN,
             "detail": f"{exe} ({source}); backends: {', '.join(names) or 'none'}; Triton "
-                      f"{version or 'version: see the server log'}; TensorRT: {trt or 'no tensorrt backend'}",
+                      f"{version or 'version: see the server log'}; TensorRT: {trt_text}",
             "binary": str(exe), "backends": names, "triton_version": version, "tensorrt": trt,
             **({} if "python" in names else {"fix": "the router needs the python backend: use a tritonserver "
                                                     "built with it (JetPack's, or pip install 'trml-edge[serve]')"})}
@@ -242,9 +250,11 @@ def uses(checks: dict[str, dict[str, Any]]) -> dict[str, dict[str, str]]:
 
 
 def doctor(tritonserver: str | None = None) -> dict[str, Any]:
+    m = _guard(env.machine)  # Jetson or not, the driver and its CUDA major: what the TensorRT checks compare with
+    gpu = _guard(probe_gpu, m)
     checks = {
-        "cpu": _guard(probe_cpu), "memory": _guard(probe_memory), "gpu": _guard(probe_gpu),
-        "tensorrt": _guard(probe_tensorrt), "cuda_python": _guard(probe_cuda_python),
+        "cpu": _guard(probe_cpu), "memory": _guard(probe_memory), "gpu": gpu,
+        "tensorrt": _guard(probe_tensorrt, m, gpu), "cuda_python": _guard(probe_cuda_python, m, gpu),
         "onnxruntime": _guard(probe_onnxruntime), "training": _guard(probe_training),
         "tritonserver": _guard(probe_tritonserver, tritonserver),
     }

@@ -17,17 +17,10 @@ import platform
 import shutil
 from pathlib import Path
 
-from trml_edge.errors import MissingDependencyError
+from trml_edge import tensorrt_env
+from trml_edge.errors import ORT_FIX, require_onnxruntime  # noqa: F401  (the runtime's check; --version reports it)
 
-ORT_FIX = ("no ONNX Runtime is installed: pip install 'trml-edge[cpu]' (CPU) or 'trml-edge[gpu]' (onnxruntime-gpu, "
-           "CUDA); on a Jetson, NVIDIA's onnxruntime-gpu wheel for its JetPack")
 JETPACK_TRITON = Path("/opt/tritonserver/bin/tritonserver")
-
-
-def require_onnxruntime() -> None:
-    """Raise the one-line fix when no distribution provides the ``onnxruntime`` module."""
-    if importlib.util.find_spec("onnxruntime") is None:
-        raise MissingDependencyError(ORT_FIX)
 
 
 def _version(dist: str) -> str | None:
@@ -58,12 +51,23 @@ def report() -> list[tuple[str, str]]:
             desc += (" - more than one distribution provides the onnxruntime module and their files overwrite each "
                      f"other: pip uninstall -y {' '.join(dists)}, then install the one this machine needs")
         rows.append(("onnxruntime", desc))
-    for part, dist, extra in (("torch", "torch", "train"), ("open_clip", "open_clip_torch", "train"),
-                              ("tensorrt", "tensorrt", "trt")):
+    for part, dist, extra in (("torch", "torch", "train"), ("open_clip", "open_clip_torch", "train")):
         v = _version(dist)
         rows.append((part, v if v else f"not installed (pip install 'trml-edge[{extra}]')"))
+    rows.append(("tensorrt", _tensorrt()))
     rows.append(("tritonserver", _tritonserver()))
     return rows
+
+
+def _tensorrt() -> str:
+    """TensorRT's version and the CUDA major of its pip wheel (its distributions are tensorrt-cu12, -cu13, ...)."""
+    wheels = tensorrt_env.tensorrt_wheels()
+    if importlib.util.find_spec("tensorrt") is None:
+        return f"not installed ({tensorrt_env.install_advice()})"
+    if not wheels:
+        return "present, without pip metadata (JetPack's python3-libnvinfer or a system install)"
+    versions = "/".join(sorted(set(wheels.values())))
+    return f"{versions} (CUDA {tensorrt_env.wheel_cuda_major(wheels) or '?'}: {', '.join(sorted(wheels))})"
 
 
 def _tritonserver() -> str:
@@ -85,7 +89,6 @@ EXTRA_OF_MODULE = {
                      "huggingface_hub", "timm"), "train"),
     **dict.fromkeys(("pytriton", "tritonclient", "grpc"), "serve"),
     **dict.fromkeys(("onnx_tool", "matplotlib"), "profile"),
-    **dict.fromkeys(("tensorrt", "cuda"), "trt"),
 }
 
 
@@ -94,6 +97,8 @@ def missing_module_message(module: str | None) -> str | None:
     top = (module or "").split(".")[0]
     if top == "onnxruntime":
         return ORT_FIX
+    if top in ("tensorrt", "cuda"):  # the extra depends on the driver's CUDA major (on a Jetson: none)
+        return f"'{top}' is not installed: {tensorrt_env.install_advice()}"
     extra = EXTRA_OF_MODULE.get(top)
     if extra is None:
         return None

@@ -146,7 +146,8 @@ def build_engines_cmd(
                               "the parity gate on this GPU judges the result with the FP32 budget"),
 ) -> None:
     """Lint, build and parity-check a TensorRT engine for every graph of BUNDLE on this GPU (strongly typed
-    networks, TensorRT 10.1-11.x; needs the optional "trt" extra)."""
+    networks, TensorRT 10.1-11.x; needs the "trt-cu13" extra with an R580+ driver, "trt-cu12" with R535-R575, or
+    on a Jetson JetPack's TensorRT: `trml-edge doctor` says which)."""
     from trml_edge.export.tensorrt import build_engines
 
     engines = build_engines(bundle, workspace, tf32=tf32)

@@ -37,37 +37,16 @@ import numpy as np
 from trml_edge.config import write_json_atomic
 from trml_edge.errors import ExportError, MissingDependencyError
 from trml_edge.export.trt_lint import TRT_SUPPORTED_OPS, graph_precision, lint_tensorrt  # noqa: F401 (re-exported)
+from trml_edge.tensorrt_env import install_advice, tensorrt_version_problem, version_tuple
 
 log = logging.getLogger(__name__)
-
-# The TensorRT versions this package builds with: the [trt] extra in pyproject.toml pins the same range.
-TRT_MIN, TRT_BELOW = (10, 1), (12, 0)
-TRT_REQUIREMENT = "tensorrt>=10.1,<12"
-
-
-def _version_tuple(version: str) -> tuple[int, ...]:
-    out = []
-    for part in version.split(".")[:3]:
-        digits = "".join(ch for ch in part if ch.isdigit())
-        out.append(int(digits or 0))
-    return tuple(out)
-
-
-def tensorrt_version_problem(version: str) -> str | None:
-    """None when ``version`` is in the supported range, else the problem and its fix."""
-    v = _version_tuple(version)[:2]
-    if TRT_MIN <= v < TRT_BELOW:
-        return None
-    return (f"TensorRT {version} is outside the supported range {TRT_REQUIREMENT[8:]}: install a supported one "
-            f"with pip install '{TRT_REQUIREMENT}' (Jetson: JetPack 6.1+ ships TensorRT 10.3)")
 
 
 def _trt():
     try:
         import tensorrt as trt
     except ImportError as e:
-        raise MissingDependencyError("TensorRT is not installed; on the GPU target run: pip install 'trml-edge[trt]' "
-                                     "(on Jetson, use the JetPack python3-libnvinfer package)") from e
+        raise MissingDependencyError(f"TensorRT is not installed: {install_advice()}") from e
     problem = tensorrt_version_problem(trt.__version__)
     if problem:
         raise MissingDependencyError(problem)
@@ -83,9 +62,9 @@ def network_flags(trt) -> int:
     """``create_network`` flags for a strongly typed network on TensorRT 10.x and 11.x."""
     flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
     if flag is None:
-        if _version_tuple(trt.__version__)[0] >= 11:
+        if version_tuple(trt.__version__)[0] >= 11:
             return 0  # 11.x: every network is strongly typed; the flag may be gone in a later 11.x
-        raise ExportError(f"TensorRT {trt.__version__} has no strongly typed networks; install '{TRT_REQUIREMENT}'")
+        raise ExportError(f"TensorRT {trt.__version__} has no strongly typed networks (10.0+): {install_advice()}")
     return 1 << int(flag)
 
 
@@ -110,13 +89,14 @@ def build_engine(trt, onnx_path: Path, plan_path: Path, graph: str, precision: s
     if carried != precision:
         raise ExportError(f"{graph}: the manifest says {precision} but the ONNX graph carries {carried} types; a "
                           "strongly typed build follows the graph, so re-export the bundle")
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
+    from trml_edge.export.trt_runner import trt_create, trt_logger
+
+    builder = trt_create(trt, "Builder")
     if precision == "fp16" and hasattr(builder, "platform_has_fast_fp16") and not builder.platform_has_fast_fp16:
         # 10.x only (removed in 11.x, whose supported GPUs all have FP16): never a quiet FP32 build
         raise ExportError(f"{graph} is FP16 but this GPU has no fast FP16; export it as fp32 for this device")
     network = builder.create_network(network_flags(trt))
-    parser = trt.OnnxParser(network, logger)
+    parser = trt.OnnxParser(network, trt_logger(trt))
     if not parser.parse_from_file(str(onnx_path)):
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
         raise ExportError(f"TensorRT could not parse {onnx_path.name}: {errors}; run the CPU lint "

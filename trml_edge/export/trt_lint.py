@@ -4,7 +4,7 @@ It runs on the exporting machine (no TensorRT, no GPU), so that a bundle meant f
 fails at export time, with the node and the fix, rather than on the device. Each rule follows a source:
 
 * the operator table is onnx-tensorrt's ``docs/operators.md`` at the ``release/10.1-GA`` tag, the oldest
-  TensorRT this package supports (``SUPPORTED_TENSORRT`` in ``trml_edge.export.tensorrt``); newer parsers
+  TensorRT this package supports (``TRT_MIN`` in ``trml_edge.tensorrt_env``); newer parsers
   import more operators, never fewer;
 * the opset range is the same page's "opset 9 to opset 20";
 * the Q/DQ rules follow ``QuantDequantLinearHelper`` in onnx-tensorrt's ``onnxOpImporters.cpp`` (10.1-GA):

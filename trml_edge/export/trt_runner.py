@@ -1,7 +1,7 @@
 """The CUDA side of the engines: which GPU this is, and running one TensorRT engine on numpy inputs.
 
 CUDA is reached through NVIDIA's ``cuda-python`` bindings (``cuda.bindings.driver`` / ``.runtime``, in the
-``[trt]`` extra), the binding TensorRT's own Python samples use (``samples/python/common_runtime.py``).
+``trt-cu12``/``trt-cu13`` extras), the binding TensorRT's own Python samples use (``samples/python/common_runtime.py``).
 It was chosen over Polygraphy's ``TrtRunner`` because the timing and the parity check need exactly one
 context, one stream and reusable device buffers per graph, with the input-shape call per request that
 the dynamic profiles need; cuda-python gives that in a few calls whose statuses are all checked here,
@@ -13,6 +13,13 @@ call's name, so nothing proceeds on an ignored error. GPU-only lines follow:
 
 * CUDA Driver API reference (cuInit, cuDeviceGetCount, cuDeviceGet, cuDeviceGetName, cuDeviceGetAttribute
   with CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR/MINOR, cuDeviceTotalMem, cuDriverGetVersion);
+* CUDA Runtime API reference, "Version Management" and "Device Management": cudaRuntimeGetVersion (the CUDA
+  version the binding's runtime is, which needs no driver) and cudaGetDeviceCount (the first call that needs
+  one: cudaErrorInsufficientDriver, error 35, when the runtime is newer than the driver). cuda-bindings 13
+  links the CUDA 13 runtime statically, so the driver API alone cannot tell that the runtime will fail;
+* TensorRT Python API, ``Logger``, ``Builder`` and ``Runtime`` (each takes the logger; "TensorRT maintains only
+  a single logger pointer at any given time" and warns when another one is passed); a constructor that gets no CUDA context returns null,
+  which the Python binding raises as ``TypeError``;
 * TensorRT Python API, ``ICudaEngine``/``IExecutionContext`` (10.x name-based I/O, unchanged in 11.x):
   ``num_io_tensors``, ``get_tensor_name``, ``get_tensor_mode``, ``get_tensor_dtype``, ``set_input_shape``
   (returns False for a shape outside the profile), ``get_tensor_shape``, ``set_tensor_address``,
@@ -27,17 +34,41 @@ from typing import Any
 import numpy as np
 
 from trml_edge.errors import ExportError, MissingDependencyError
-
-CUDA_FIX = "install the NVIDIA driver, and cuda-python with pip install 'trml-edge[trt]'"
+from trml_edge.tensorrt_env import cuda_summary, install_advice
 
 
 def _cuda():
     try:
         from cuda.bindings import driver, runtime
     except ImportError as e:
-        raise MissingDependencyError("cuda-python is not installed (or older than 12.6.1, without cuda.bindings); "
-                                     "install it with: pip install 'trml-edge[trt]'") from e
+        raise MissingDependencyError(f"cuda-python (cuda.bindings) is not installed: {install_advice()}") from e
     return driver, runtime
+
+
+_LOGGER: tuple = (None, None)  # (tensorrt module, its one Logger)
+
+
+def trt_logger(trt):
+    """The process's one TensorRT logger (warnings and errors), shared by every Builder, parser and Runtime."""
+    global _LOGGER
+    if _LOGGER[0] is not trt:
+        _LOGGER = (trt, trt.Logger(trt.Logger.WARNING))
+    return _LOGGER[1]
+
+
+def trt_create(trt, kind: str):
+    """``trt.Builder`` or ``trt.Runtime`` on the shared logger. Both need CUDA: a TensorRT or cuda-python built
+    for a newer CUDA than the driver makes TensorRT log "CUDA initialization failure with error: 35" and the
+    constructor fail (a TypeError from the binding); that becomes one ExportError naming the versions."""
+    try:
+        obj, why = getattr(trt, kind)(trt_logger(trt)), "it returned None"
+    except TypeError as e:
+        obj, why = None, str(e)
+    if obj is None:
+        raise ExportError(f"TensorRT could not create its {kind} ({why}): CUDA did not initialize, most often "
+                          "because TensorRT or cuda-python is built for a newer CUDA than the driver "
+                          f"({cuda_summary()}); {install_advice()}")
+    return obj
 
 
 def _ok(result, call: str):
@@ -75,6 +106,20 @@ def cuda_device(index: int = 0) -> dict[str, Any]:
             "memory_mib": int(total) >> 20, "driver_cuda": f"{int(version) // 1000}.{int(version) % 1000 // 10}"}
 
 
+def cuda_runtime() -> dict[str, Any]:
+    """The runtime API as the engines use it: the binding's CUDA runtime version and the devices it sees; an
+    ExportError naming the driver mismatch when the runtime is newer than the driver."""
+    _, rt = _cuda()
+    version = int(_ok(rt.cudaRuntimeGetVersion(), "cudaRuntimeGetVersion"))  # 13000 -> 13.0
+    status, *rest = rt.cudaGetDeviceCount()
+    runtime = f"{version // 1000}.{version % 1000 // 10}"
+    if int(status) != 0:
+        raise ExportError(f"the CUDA runtime {runtime} of cuda-python cannot use this GPU (cudaGetDeviceCount: "
+                          f"{getattr(status, 'name', status)}, error {int(status)}; error 35 is a driver older than "
+                          f"the runtime): {install_advice()}")
+    return {"runtime_cuda": runtime, "devices": int(rest[0])}
+
+
 def probe_gpu() -> tuple[dict[str, Any] | None, str]:
     """(device, "") or (None, why not): never raises, for doctor, pytest's skips and profile's SKIPPED rows."""
     try:
@@ -91,7 +136,8 @@ class EngineRunner:
     def __init__(self, trt, plan: str | Path):
         _, self.rt = _cuda()
         self.trt = trt
-        self.engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(Path(plan).read_bytes())
+        self.runtime = trt_create(trt, "Runtime")  # kept as long as the engine it deserialized
+        self.engine = self.runtime.deserialize_cuda_engine(Path(plan).read_bytes())
         if self.engine is None:
             raise ExportError(f"TensorRT {trt.__version__} could not load {plan}: engines are tied to the TensorRT "
                               "version and GPU that built them; rebuild with `trml-edge build-engines BUNDLE`")

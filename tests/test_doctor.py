@@ -124,6 +124,8 @@ def test_target_check_writes_one_report_and_says_what_it_could_not_do(tmp_path, 
     monkeypatch.setattr(tc, "TESTS", tmp_path / "no-tests")  # as installed from a wheel: no tests/ beside it
     monkeypatch.chdir(tmp_path)  # no demo_out here
     out = tmp_path / "check"
+    out.mkdir()
+    (out / "setup.sh").write_text("#!/bin/sh\n# GPU box: driver 550.54.15, CUDA 12: trt-cu12\nset -e\n")  # by make
     res = CliRunner().invoke(app, ["doctor", "--run", "--out", str(out), "--bundle", str(bundle("fp32"))])
     assert res.exit_code == 1, res.output
     rep = json.loads((out / "report.json").read_text())
@@ -134,6 +136,7 @@ def test_target_check_writes_one_report_and_says_what_it_could_not_do(tmp_path, 
     assert steps["profile"]["status"] == "SKIPPED" and "no bundle has engines" in steps["profile"]["detail"]
     text = (out / "report.md").read_text()
     assert "| build-engines" in text and "use serve" in text and '"schema": "trml-edge-doctor"' in text
+    assert "## Environment\n\n```sh\n#!/bin/sh\n# GPU box: driver 550.54.15, CUDA 12: trt-cu12" in text
     assert not list(bundle("fp32").glob("engines/*.plan"))
 
 

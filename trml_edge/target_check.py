@@ -1,7 +1,9 @@
 """The target check (``trml-edge doctor --run``, ``make target-check``): the first thing to run on a new GPU box
 or Jetson, writing one report a user can attach to a bug.
 
-Steps, each OK / FAIL / SKIPPED with its time and the reason:
+``make target-check`` first builds the environment this machine needs (``trml_edge/target_env.py`` writes the
+commands to ``target_check/setup.sh``, which the report quotes). Steps, each OK / FAIL / SKIPPED with its time and
+the reason:
 
 1. ``doctor``: the machine and which uses run here;
 2. ``build-engines`` on each bundle (default: the demo's ``demo_out/bundles/*``) that the TensorRT lint
@@ -142,6 +144,9 @@ def _markdown(rep: dict[str, Any], doctor_text: str) -> str:
     lines += [f"| {s['name']} | {s['status']} | {s['seconds']:.1f} | {s['detail'].replace('|', '/')} |"
               for s in rep["steps"]]
     lines += ["", "## Doctor", "", "```", doctor_text.rstrip(), "```", ""]
+    setup = Path(rep["settings"]["out"]) / "setup.sh"  # what make target-check installed (trml_edge/target_env.py)
+    if setup.is_file():
+        lines += ["## Environment", "", "```sh", setup.read_text(encoding="utf-8").rstrip(), "```", ""]
     prof = Path(rep["settings"]["out"]) / "profile" / "report.md"
     if prof.is_file():
         lines += ["## Profile", "", prof.read_text(encoding="utf-8").split("## Latency", 1)[0].split("\n", 1)[1]]

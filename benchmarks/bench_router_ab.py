@@ -97,7 +97,8 @@ def main() -> None:
     args = ap.parse_args()
     t0 = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="bench-router-ab-"))
-    repo = build_repository(RepoConfig(bundle=args.bundle, out=str(work / "new"), stream=StreamSettings()))
+    repo = build_repository(RepoConfig(bundle=args.bundle, out=str(work / "new"), layout="ensemble",
+                                       stream=StreamSettings()))
     old = old_repository(repo, args.rev, work / "old")
     pipe = Pipeline(args.bundle)
     size = int(pipe.bundle.preprocess["image_size"])

@@ -18,32 +18,35 @@ TEST_MAX_FRAME_SIDE = 320
 TEST_MAX_FRAMES = 64
 
 
-def repository(backend: str = "python", router_max_batch: int = 8) -> Path:
-    return _repository(backend, router_max_batch)  # one cache key however it is called
+LAYOUTS = ("fused", "ensemble")  # the fused layout is the python backend's default; ensemble is the GPU path's
+
+
+def repository(backend: str = "python", router_max_batch: int = 8, layout: str | None = None) -> Path:
+    return _repository(backend, router_max_batch, layout)  # one cache key however it is called
 
 
 @cache
-def _repository(backend: str, router_max_batch: int) -> Path:
+def _repository(backend: str, router_max_batch: int, layout: str | None) -> Path:
     from trml_edge.routing import RequestLimits
     from trml_edge.serving.repository import ModelSettings, RepoConfig, build_repository
 
-    out = workdir() / f"repo_{backend}_rb{router_max_batch}"
-    cfg = RepoConfig(bundle=str(bundle("fp32")), out=str(out), backend=backend,
+    out = workdir() / f"repo_{backend}_rb{router_max_batch}_{layout or 'default'}"
+    cfg = RepoConfig(bundle=str(bundle("fp32")), out=str(out), backend=backend, layout=layout, force=True,
                      router=ModelSettings(max_batch_size=router_max_batch, max_queue_delay_us=20000),
                      limits=RequestLimits(max_frames=TEST_MAX_FRAMES, max_frame_side=TEST_MAX_FRAME_SIDE))
     return build_repository(cfg)
 
 
-def server(router_max_batch: int = 8):
-    """A running tritonserver on the python-backend repository of the FP32 test bundle."""
-    return _server(router_max_batch)
+def server(router_max_batch: int = 8, layout: str = "fused"):
+    """A running tritonserver on the python-backend repository of the FP32 test bundle, in ``layout``."""
+    return _server(router_max_batch, layout)
 
 
 @cache
-def _server(router_max_batch: int):
+def _server(router_max_batch: int, layout: str):
     from trml_edge.serving.server import TritonServer
 
-    srv = TritonServer(repository("python", router_max_batch)).start()
+    srv = TritonServer(repository("python", router_max_batch, layout)).start()
     atexit.register(srv.stop)
     return srv
 
@@ -68,20 +71,21 @@ def classification_bundle() -> Path:
     return out
 
 
-def small_batch_server(kind: str = "regression"):
-    """A server whose graph models take at most 2 rows per call and whose router waits 50 ms to batch, so a
-    router batch of several requests is sent to the graphs in chunks."""
-    return _small_batch_server(kind)
+def small_batch_server(kind: str = "regression", layout: str = "ensemble"):
+    """A server whose graphs take at most 2 rows per call (ensemble: each graph model's max batch; fused: the
+    router's chunks) and whose router waits 50 ms to batch, so a router batch of several requests reaches the
+    graphs in chunks."""
+    return _small_batch_server(kind, layout)
 
 
 @cache
-def _small_batch_server(kind: str):
+def _small_batch_server(kind: str, layout: str):
     from trml_edge.serving.repository import ModelSettings, RepoConfig, build_repository
     from trml_edge.serving.server import TritonServer
 
     src = bundle("fp32") if kind == "regression" else classification_bundle()
-    repo = build_repository(RepoConfig(bundle=str(src), out=str(workdir() / f"repo_small_{kind}"), force=True,
-                                       graphs=ModelSettings(max_batch_size=2),
+    repo = build_repository(RepoConfig(bundle=str(src), out=str(workdir() / f"repo_small_{kind}_{layout}"),
+                                       force=True, layout=layout, graphs=ModelSettings(max_batch_size=2),
                                        router=ModelSettings(max_batch_size=8, max_queue_delay_us=50000)))
     srv = TritonServer(repo).start()
     atexit.register(srv.stop)

@@ -223,6 +223,9 @@ def test_demo_end_to_end(tmp_path):
     triton = [r for r in rep["latency"] if r["backend"] == "triton" and r["status"] == "OK"]
     assert {(r["scenario"], r["concurrency"]) for r in triton} == {
         (s, c) for s in ("complete", "visual_missing", "text_missing") for c in (1, 2)}
+    # the demo serves the default layout of its python-backend repository, and the report says which it timed
+    assert rep["settings"]["triton_layout"] == "fused" and {r["layout"] for r in triton} == {"fused"}
+    assert "| triton (fused layout) |" in (out / "profile" / "report.md").read_text()
     assert rep["accuracy"]["status"] == "ok" and rep["recommendation"]["status"] in ("ok", "none")
     assert "report:" in first.stdout and str(out / "profile" / "report.md") in first.stdout.replace("\n", "")
     assert _processes_mentioning(str(out)) == []  # tritonserver and its stubs are gone

@@ -38,15 +38,18 @@ def test_serve_reloads_a_dead_model_and_exits_when_tritonserver_dies(tmp_path):
         while "tritonserver ready" not in line:
             assert time.monotonic() < deadline and proc.poll() is None, err_path.read_text()
             line = proc.stdout.readline()
+        assert proc.stdout.readline().startswith("admin APIs (model-repository, shared-memory, trace, logging): "
+                                                 "restricted to this run's token")
+        assert proc.stdout.readline().strip() == "layout: fused (the routers run every graph in process)"
         server = next(p for p, cmd in _children(proc.pid) if "bin/tritonserver" in cmd)
-        stub = next(p for p, cmd in _children(server) if "text_encoder_0_0" in cmd)
+        stub = next(p for p, cmd in _children(server) if "trml_0_0" in cmd)
         os.kill(stub, signal.SIGKILL)
         deadline = time.monotonic() + 10
-        while not re.search(r"model text_encoder: reloaded in [0-9.]+ s", err_path.read_text()):
+        while not re.search(r"model trml: reloaded in [0-9.]+ s", err_path.read_text()):
             assert time.monotonic() < deadline, err_path.read_text()
             time.sleep(0.1)
         text = err_path.read_text()
-        assert re.search(r"model text_encoder: its stub process died \(text_encoder_0_0 pid \d+\); reloading", text)
+        assert re.search(r"model trml: its stub process died \(trml_0_0 pid \d+\); reloading", text)
 
         os.kill(server, signal.SIGKILL)
         t0 = time.monotonic()

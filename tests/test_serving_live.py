@@ -17,14 +17,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from export_fixtures import bundle, synth_data, workdir
-from serving_fixtures import TEST_MAX_FRAME_SIDE, TEST_MAX_FRAMES, repository, server
+from export_fixtures import bundle, synth_data
+from serving_fixtures import LAYOUTS, TEST_MAX_FRAME_SIDE, TEST_MAX_FRAMES, repository, server
 from serving_fixtures import group_rss_mb as _group_rss_mb  # noqa: F401  (test_stream_live imports it here)
 from trml_edge.errors import MissingModalityError, RequestError, ServingError
 from trml_edge.runtime import Pipeline
 from trml_edge.serving.client import TritonClient
 
 TOL = 1e-5  # same ONNX graphs on both sides: only batching and summation order differ
+
+
+@pytest.fixture(scope="module", params=LAYOUTS)
+def layout(request):
+    """Each test that takes it runs against both layouts: fused (the default here) and ensemble (the GPU path's)."""
+    return request.param
 
 
 @pytest.fixture(scope="module")
@@ -74,8 +80,8 @@ def _stats(url: str, model: str) -> dict:
     return {"requests": int(s["inference_stats"]["success"]["count"]), "executions": int(s["execution_count"])}
 
 
-def test_each_scenario_equals_the_runtime(pipe, clips):
-    c = TritonClient(server().url)
+def test_each_scenario_equals_the_runtime(pipe, clips, layout):
+    c = TritonClient(server(layout=layout).url)
     for frames, text in clips:
         for f, t, virtual in [(frames, text, ""), (None, text, "visual"), (frames, None, "text")]:
             got, ref = c.infer(f, t), pipe.predict(f, t)
@@ -84,12 +90,21 @@ def test_each_scenario_equals_the_runtime(pipe, clips):
     c.close()
 
 
-def test_large_frames_and_more_frames_than_the_model_takes(pipe, clips):
+def test_clients_read_the_layout_from_the_open_config_api(layout):
+    srv = server(layout=layout)
+    assert srv.layout() == layout  # from router.json, what serve prints
+    for url in (srv.url, f"grpc://{srv.grpc_url}"):  # what profile --url reports, from the router's config
+        c = TritonClient(url)
+        assert c.layout() == layout
+        c.close()
+
+
+def test_large_frames_and_more_frames_than_the_model_takes(pipe, clips, layout):
     """Frames above the model size are resized and cropped, extra frames sub-sampled, as in the runtime."""
     frames, text = clips[0]
     rng = np.random.default_rng(0)
     big = rng.integers(0, 256, (3 * pipe.max_frames + 1, TEST_MAX_FRAME_SIDE, 200, 3), dtype=np.uint8)
-    c = TritonClient(server().url)
+    c = TritonClient(server(layout=layout).url)
     got = c.infer(big, text)
     # independent reference: the uniform pick written out by hand, 25 frames -> 8 spread from first to last
     idx = np.round(np.arange(pipe.max_frames) * (len(big) - 1) / (pipe.max_frames - 1)).astype(int)
@@ -99,25 +114,26 @@ def test_large_frames_and_more_frames_than_the_model_takes(pipe, clips):
     c.close()
 
 
-def test_both_inputs_omitted_is_a_client_error_naming_both():
+def test_both_inputs_omitted_is_a_client_error_naming_both(layout):
     from tritonclient.utils import InferenceServerException
 
-    srv = server(router_max_batch=0)  # the router sees requests without a batch axis, so an empty one reaches it
+    # the router sees requests without a batch axis, so an empty one reaches it
+    srv = server(router_max_batch=0, layout=layout)
     with pytest.raises(InferenceServerException) as e:
         _http().InferenceServerClient(srv.url).infer("trml", [])
     assert e.value.status() == "400" and "FRAMES" in str(e.value) and "TEXT" in str(e.value)
     # the batched router: Triton itself refuses an input-less request before any model runs, also with a 400
     with pytest.raises(InferenceServerException) as e:
-        _http().InferenceServerClient(server().url).infer("trml", [])
+        _http().InferenceServerClient(server(layout=layout).url).infer("trml", [])
     assert e.value.status() == "400"
     with pytest.raises(MissingModalityError, match="at least one"):  # our client does not send it at all
-        TritonClient(server().url).infer(None, None)
+        TritonClient(server(layout=layout).url).infer(None, None)
 
 
-def test_bad_requests_get_client_errors_and_the_server_keeps_serving(pipe, clips):
+def test_bad_requests_get_client_errors_and_the_server_keeps_serving(pipe, clips, layout):
     from tritonclient.utils import InferenceServerException
 
-    url = server().url
+    url = server(layout=layout).url
     frames, text = clips[1]
     good = float(pipe.predict(frames, text).output)
     side = TEST_MAX_FRAME_SIDE
@@ -150,23 +166,23 @@ def test_bad_requests_get_client_errors_and_the_server_keeps_serving(pipe, clips
     c.close()
 
 
-def test_grpc_reports_invalid_argument():
+def test_grpc_reports_invalid_argument(layout):
     import tritonclient.grpc as grpc
     from tritonclient.utils import InferenceServerException
 
-    c = grpc.InferenceServerClient(server().grpc_url)
+    c = grpc.InferenceServerClient(server(layout=layout).grpc_url)
     t = grpc.InferInput("TEXT", [1, 1], "BYTES")
     t.set_data_from_numpy(np.array([[b""]], dtype=object))
     with pytest.raises(InferenceServerException) as e:
         c.infer("trml", [t])
     assert e.value.status() == "StatusCode.INVALID_ARGUMENT" and "TEXT is empty" in e.value.message()
-    ok = TritonClient(f"grpc://{server().grpc_url}").infer(None, "a fine film")
+    ok = TritonClient(f"grpc://{server(layout=layout).grpc_url}").infer(None, "a fine film")
     assert ok.virtual_modality == "visual"
 
 
-def test_load_mixed_scenarios_no_failure_bounded_memory(pipe, clips):
+def test_load_mixed_scenarios_no_failure_bounded_memory(pipe, clips, layout):
     """1000 requests at concurrency 8 over the three scenarios: every answer right, memory flat after warm-up."""
-    srv = server()
+    srv = server(layout=layout)
     http = _http()
     cases = [(f, t) for frames, text in clips for f, t in [(frames, text), (None, text), (frames, None)]]
     expected = [float(pipe.predict(f, t).output) for f, t in cases]
@@ -202,8 +218,9 @@ def test_load_mixed_scenarios_no_failure_bounded_memory(pipe, clips):
 
 
 def test_router_groups_requests_and_never_runs_a_missing_encoder(clips):
-    """Triton's own statistics: one text_encoder call per scenario group, no image encoder for text-only."""
-    srv = server()
+    """Ensemble layout, Triton's own statistics: one text_encoder call per scenario group, no image encoder for
+    text-only requests."""
+    srv = server(layout="ensemble")
     http = _http()
     frames, text = clips[2]
     tc = TritonClient(srv.url)
@@ -246,18 +263,22 @@ def test_server_errors_are_one_line_and_nothing_is_left_running(tmp_path):
         TritonServer(repository(), tritonserver=tmp_path / "nope").start()
     with pytest.raises(ServingError, match="not a Triton model repository"):
         TritonServer(tmp_path).start()
-    broken = tmp_path / "repo"
-    shutil.copytree(repository(), broken)
-    with open(broken / "gen_text_to_visual" / "1" / "model.onnx", "ab") as f:
-        f.write(b"\0")  # changed after triton build: its model refuses to load
-    srv = TritonServer(broken)
-    with pytest.raises(ServingError, match="model gen_text_to_visual failed to load.*sha256.*rebuild"):
-        srv.start()
-    assert srv.proc is not None and srv.proc.poll() is not None
+    # a graph changed after triton build: the model that holds it refuses to load, and says so in one line
+    for layout, graph, refusal in (
+            ("ensemble", Path("gen_text_to_visual", "1", "model.onnx"), "model gen_text_to_visual failed to load"),
+            ("fused", Path("trml", "1", "bundle", "graphs", "gen_text_to_visual.onnx"), "model trml failed to load")):
+        broken = tmp_path / f"repo_{layout}"
+        shutil.copytree(repository(layout=layout), broken)
+        with open(broken / graph, "ab") as f:
+            f.write(b"\0")
+        srv = TritonServer(broken)
+        with pytest.raises(ServingError, match=f"{refusal}.*gen_text_to_visual.*sha256.*triton build"):
+            srv.start()
+        assert srv.proc is not None and srv.proc.poll() is not None
 
     live = TritonServer(repository()).start()
     pgid = live.proc.pid
-    assert len([p for p in os.listdir("/proc") if p.isdigit() and _pgid(p) == pgid]) >= 8  # server + 7 stubs
+    assert len([p for p in os.listdir("/proc") if p.isdigit() and _pgid(p) == pgid]) >= 3  # server + 2 routers
     live.stop()
     assert not [p for p in os.listdir("/proc") if p.isdigit() and _pgid(p) == pgid]
 
@@ -285,7 +306,7 @@ def test_tensorrt_repository_serves_on_a_gpu(tmp_path, clips):
     shutil.copytree(bundle("int8-trt"), b)
     build_engines(b)
     repo = build_repository(RepoConfig(bundle=str(b), out=str(tmp_path / "repo"), backend="tensorrt"))
-    from trml_edge.serving.server import check_plan_versions
+    from trml_edge.serving.plans import check_plan_versions
 
     check_plan_versions(repo, binary)  # the engines were just built with this machine's TensorRT
     pipe = Pipeline(b)

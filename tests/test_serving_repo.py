@@ -20,7 +20,7 @@ from trml_edge.errors import MissingModalityError, RequestError, ServingError
 from trml_edge.graphs import GRAPH_NAMES, GRAPHS
 from trml_edge.routing import (COMPLETE, TEXT_MISSING, VISUAL_MISSING, RequestLimits, check_frames, check_text,
                                group_by_scenario, pick_frames, route)
-from trml_edge.serving.configs import CORE_MODULES, core_sources
+from trml_edge.serving.configs import CORE_MODULES, RUNTIME_MODULES, core_path, core_sources
 from trml_edge.serving.repository import RepoConfig, build_repository
 
 ONNX_TO_TRITON = {onnx.TensorProto.FLOAT: "TYPE_FP32", onnx.TensorProto.INT64: "TYPE_INT64",
@@ -47,7 +47,7 @@ def _tensorrt_bundle() -> Path:
         for g in GRAPH_NAMES:
             plan = dst / "engines" / f"{g}.sm87.trt10.3.plan"
             plan.write_bytes(b"not a real plan: " + g.encode())
-            m["engines"][g] = {"file": f"engines/{plan.name}", "precision": "fp32"}
+            m["engines"][g] = {"file": f"engines/{plan.name}", "precision": "fp32", "compute_capability": "sm87"}
         (dst / "manifest.json").write_text(json.dumps(m))
     return dst
 
@@ -55,7 +55,8 @@ def _tensorrt_bundle() -> Path:
 @pytest.mark.parametrize("backend", ["python", "onnxruntime", "tensorrt"])
 def test_configs_match_the_io_declaration_and_the_onnx_graphs(backend, tmp_path):
     src = _tensorrt_bundle() if backend == "tensorrt" else bundle("fp32")
-    repo = build_repository(RepoConfig(bundle=str(src), out=str(tmp_path / "repo"), backend=backend))
+    repo = build_repository(RepoConfig(bundle=str(src), out=str(tmp_path / "repo"), backend=backend,
+                                       layout="ensemble"))
     manifest = json.loads((src / "manifest.json").read_text())
     dims = manifest["model"]["dims"]
     for name in GRAPH_NAMES:
@@ -156,15 +157,25 @@ def test_existing_repository_needs_force_and_a_bad_bundle_is_refused(tmp_path):
         build_repository(RepoConfig(bundle=str(bad), out=str(tmp_path / "r2")))
 
 
-def test_router_modules_are_byte_identical_copies_of_the_package():
-    core = repository() / "trml" / "1" / "trml_core"
-    for module, src in core_sources().items():
-        assert (core / f"{module}.py").read_bytes() == src.read_bytes(), module
-    assert {p.stem for p in core.glob("*.py")} == {*CORE_MODULES, "__init__"}
-    router = json.loads((repository() / "trml" / "1" / "router.json").read_text())
+@pytest.mark.parametrize("layout", ["ensemble", "fused"])
+def test_router_modules_are_byte_identical_copies_of_the_package(layout):
+    """Ensemble: the leaf modules; fused: the runtime too (the package's own code runs the graphs)."""
     import hashlib
 
-    assert router["core_modules"] == {m: hashlib.sha256(p.read_bytes()).hexdigest() for m, p in core_sources().items()}
+    version = repository(layout=layout) / "trml" / "1"
+    extra = RUNTIME_MODULES if layout == "fused" else ()
+    for module, src in core_sources(extra).items():
+        assert (version / core_path(module)).read_bytes() == src.read_bytes(), module
+    copied = {p.relative_to(version / "trml_core").as_posix() for p in (version / "trml_core").rglob("*.py")}
+    want = {f"{m}.py" for m in CORE_MODULES} | {"__init__.py"}
+    if layout == "fused":
+        want |= {"streaming.py", "runtime/__init__.py", "runtime/bundle.py", "runtime/pipeline.py",
+                 "runtime/prediction.py", "runtime/stream.py"}
+    assert copied == want
+    router = json.loads((version / "router.json").read_text())
+    assert router["layout"] == layout
+    assert router["core_modules"] == {m: hashlib.sha256(p.read_bytes()).hexdigest()
+                                      for m, p in core_sources(extra).items()}
 
 
 def _imports(path: Path) -> set[tuple[int, str]]:
@@ -179,25 +190,34 @@ def _imports(path: Path) -> set[tuple[int, str]]:
 
 
 def test_router_and_its_modules_import_only_numpy_stdlib_and_each_other():
+    """Both layouts' routers import numpy, triton_python_backend_utils, the stdlib and their copied siblings;
+    the fused layout's runtime adds onnxruntime, and nothing else (no torch, no trml_edge)."""
     stdlib = set(sys.stdlib_module_names)
-    allowed = {"numpy", "triton_python_backend_utils", "trml_core", "trml_bls"}
-    files = [*core_sources().values(), repository() / "trml" / "1" / "model.py", repository() / "trml" / "1" /
-             "trml_bls.py"]
-    assert (repository() / "trml" / "1" / "trml_bls.py").read_bytes() == \
-        (Path(__file__).resolve().parents[1] / "triton_models" / "common" / "trml_bls.py").read_bytes()
-    for f in files:
-        for level, mod in _imports(f):
-            if level:  # relative: only the copied siblings
-                assert mod in CORE_MODULES, (f, mod)
-            else:
-                assert mod in stdlib or mod in allowed or mod == "__future__", (f.name, mod)
+    templates = Path(__file__).resolve().parents[1] / "triton_models"
+    for layout in ("ensemble", "fused"):
+        version = repository(layout=layout) / "trml" / "1"
+        allowed = {"numpy", "triton_python_backend_utils", "trml_core", "trml_bls", "trml_respond"}
+        if layout == "fused":
+            allowed.add("onnxruntime")
+        shared = ["trml_respond.py"] + (["trml_bls.py"] if layout == "ensemble" else [])
+        for name in shared:
+            assert (version / name).read_bytes() == (templates / "common" / name).read_bytes()
+        assert (version / "trml_bls.py").exists() == (layout == "ensemble")  # the fused router makes no BLS call
+        files = [*(version / "trml_core").rglob("*.py"), version / "model.py", *(version / n for n in shared)]
+        copied = {p.stem for p in (version / "trml_core").rglob("*.py")} | {"runtime"}
+        for f in files:
+            for level, mod in _imports(f):
+                if level:  # relative: only the copied siblings
+                    assert mod in copied or mod == "", (f, mod)
+                else:
+                    assert mod in stdlib or mod in allowed or mod == "__future__", (layout, f.name, mod)
 
 
 def test_copied_modules_work_without_the_package():
     """Import trml_core from the repository with trml_edge blocked; it tokenizes and routes as the package does."""
     from trml_edge.tokenizer import BPETokenizer
 
-    version = repository() / "trml" / "1"
+    version = repository(layout="ensemble") / "trml" / "1"
     texts = ["i really liked it", "naïve café &amp; emoji 😀", "not good at all " * 20]
     code = f"""
 import sys, json
@@ -264,7 +284,7 @@ def test_python_graph_models_use_the_bundles_ort_level(tmp_path):
     from trml_edge.runtime.bundle import load_bundle
 
     b = load_bundle(bundle("fp16"))
-    repo = build_repository(RepoConfig(bundle=str(bundle("fp16")), out=str(tmp_path / "r")))
+    repo = build_repository(RepoConfig(bundle=str(bundle("fp16")), out=str(tmp_path / "r"), layout="ensemble"))
     levels = {}
     for name in GRAPH_NAMES:
         cfg, _ = _parse(repo / name / "config.pbtxt")
@@ -289,7 +309,7 @@ EXPECTED_WIRING = {
 
 
 def test_one_ensemble_per_scenario_wired_as_the_design_says():
-    repo = repository()
+    repo = repository(layout="ensemble")
     graph_max = {g: _parse(repo / g / "config.pbtxt")[0].max_batch_size for g in GRAPH_NAMES}
     router = json.loads((repo / "trml" / "1" / "router.json").read_text())
     for scenario, expected in EXPECTED_WIRING.items():
@@ -334,6 +354,14 @@ def test_tensorrt_refuses_cpu_instances_and_a_batch_over_the_engine_profile(tmp_
     with pytest.raises(ConfigError, match=f"--max-batch {profile_max + 1} is above the batch size {profile_max}"):
         build_repository(RepoConfig(bundle=str(src), out=str(tmp_path / "b"), backend="tensorrt",
                                     graphs=ModelSettings(max_batch_size=profile_max + 1)))
+    # --max-batch 0: no batch axis, so a batch of requests' frames would reach the image encoder's engine in one
+    # call, past its profile's max
+    first = GRAPHS["image_encoder"].inputs[0].name
+    frames_max = json.loads((src / "manifest.json").read_text())["graphs"]["image_encoder"]["profile"][first][2][0]
+    with pytest.raises(ConfigError, match=rf"--max-batch 0 .* image_encoder .* can exceed the {frames_max} .* use "
+                                          rf"--max-batch {frames_max} or less"):
+        build_repository(RepoConfig(bundle=str(src), out=str(tmp_path / "z"), backend="tensorrt",
+                                    graphs=ModelSettings(max_batch_size=0)))
     assert not list(tmp_path.iterdir())  # nothing half-written
     # at the profile max it builds; ONNX Runtime graphs have no such limit
     build_repository(RepoConfig(bundle=str(src), out=str(tmp_path / "c"), backend="tensorrt",
@@ -346,7 +374,7 @@ def test_unbatched_graph_models_keep_the_graphs_rank(tmp_path):
     """--max-batch 0: Triton adds no batch axis, so the dims must carry it (the engine's rank)."""
     from trml_edge.serving.repository import ModelSettings
 
-    repo = build_repository(RepoConfig(bundle=str(bundle("fp32")), out=str(tmp_path / "r"),
+    repo = build_repository(RepoConfig(bundle=str(bundle("fp32")), out=str(tmp_path / "r"), layout="ensemble",
                                        graphs=ModelSettings(max_batch_size=0)))
     for name in GRAPH_NAMES:
         cfg, _ = _parse(repo / name / "config.pbtxt")
@@ -362,42 +390,66 @@ def test_unbatched_graph_models_keep_the_graphs_rank(tmp_path):
 
 
 def test_plan_versions_are_recorded_and_checked_against_the_server(tmp_path, monkeypatch):
-    from trml_edge.serving.server import check_plan_versions, plan_loads
+    """router.json records each plan's TensorRT version and GPU architecture; serve's check compares them with the
+    TensorRT the server's tensorrt backend loads (tests/test_serve_plans.py has the rest of that check)."""
+    from trml_edge import tensorrt_env
+    from trml_edge.serving.plans import check_plan_versions
+    from trt_fakes import fake_triton, no_nvidia_smi
 
     src = tmp_path / "bundle"
     shutil.copytree(_tensorrt_bundle(), src)
     m = json.loads((src / "manifest.json").read_text())
     for g in GRAPH_NAMES:
         m["engines"][g]["tensorrt"] = "10.3.0"
-    m["engines"]["fusion_head"]["tensorrt"] = "10.4.1"
+    m["engines"]["fusion_head"]["tensorrt"] = "10.12.0"
     (src / "manifest.json").write_text(json.dumps(m))
     repo = build_repository(RepoConfig(bundle=str(src), out=str(tmp_path / "repo"), backend="tensorrt"))
     recorded = json.loads((repo / "trml" / "1" / "router.json").read_text())["tensorrt"]
-    assert recorded["image_encoder"] == {"version": "10.3.0", "version_compatible": False}
-    assert recorded["fusion_head"]["version"] == "10.4.1"
+    assert recorded["image_encoder"] == {"version": "10.3.0", "compute_capability": "sm87"}
+    assert recorded["fusion_head"]["version"] == "10.12.0"
 
-    # a server tree as JetPack lays it out: bin/tritonserver, backends/tensorrt, libnvinfer.so.X.Y.Z
-    server = tmp_path / "triton"
-    (server / "bin").mkdir(parents=True)
-    (server / "bin" / "tritonserver").write_text("#!/bin/sh\n")
-    (server / "backends" / "tensorrt").mkdir(parents=True)
-    (server / "backends" / "tensorrt" / "libnvinfer.so.10.3.0").write_bytes(b"")
-    monkeypatch.setenv("LD_LIBRARY_PATH", "")
-    with pytest.raises(ServingError, match=r"fusion_head with 10\.4\.1, the server loads TensorRT 10\.3\.0.*"
+    # a server tree as JetPack lays it out, both releases in its library folder; the backend links 10.3.0
+    binary = fake_triton(tmp_path, {"libnvinfer.so.10.12.0": None, "libnvinfer.so.10.3.0": None,
+                                    "libnvinfer.so.10": "libnvinfer.so.10.3.0"})
+    lib = binary.parents[1] / "lib"
+    monkeypatch.setenv("LD_LIBRARY_PATH", str(lib))
+    monkeypatch.setattr(tensorrt_env, "_ldconfig", lambda soname: [])
+    no_nvidia_smi(tmp_path, monkeypatch)
+    with pytest.raises(ServingError, match=r"fusion_head with 10\.12\.0, the server loads TensorRT 10\.3\.0.*"
                                            r"build-engines"):
-        check_plan_versions(repo, server / "bin" / "tritonserver")
+        check_plan_versions(repo, binary)
     with pytest.raises(ServingError, match="bundled by nvidia-pytriton has no tensorrt backend"):
         check_plan_versions(repo, None)
-    (server / "backends" / "tensorrt" / "libnvinfer.so.10.3.0").rename(server / "backends" / "tensorrt" /
-                                                                       "libnvinfer.so.10.4.1")
-    with pytest.raises(ServingError, match=r"image_encoder with 10\.3\.0.*TensorRT 10\.4\.1"):
-        check_plan_versions(repo, server / "bin" / "tritonserver")
-    # the rule itself: exact version, or same major and not older for version-compatible plans
-    assert plan_loads("10.3.0", "10.3.0", False) and not plan_loads("10.3.0", "10.4.0", False)
-    assert plan_loads("10.3.0", "10.8.0", True) and not plan_loads("10.8.0", "10.3.0", True)
-    assert not plan_loads("10.3.0", "11.0.0", True)
+    (lib / "libnvinfer.so.10").unlink()
+    (lib / "libnvinfer.so.10").symlink_to("libnvinfer.so.10.12.0")
+    with pytest.raises(ServingError, match=r"image_encoder with 10\.3\.0.*TensorRT 10\.12\.0"):
+        check_plan_versions(repo, binary)
     # a python-backend repository has nothing to check
     assert check_plan_versions(repository(), None) is None
+
+
+def test_serve_gives_the_plan_check_its_log(tmp_path, monkeypatch):
+    """What the check cannot tell (here: the server's TensorRT, whose libnvinfer is nowhere) reaches serve's stderr;
+    the fake tritonserver then exits at start."""
+    from typer.testing import CliRunner
+
+    import trml_edge.cli.serve_cmds  # noqa: F401
+    from trml_edge import tensorrt_env
+    from trml_edge.cli import app
+    from trt_fakes import fake_triton
+
+    binary = fake_triton(tmp_path, {})
+    monkeypatch.setenv("LD_LIBRARY_PATH", "")
+    monkeypatch.setattr(tensorrt_env, "LIB_DIRS", ())
+    monkeypatch.setattr(tensorrt_env, "_ldconfig", lambda soname: [])
+    repo = tmp_path / "repo"
+    (repo / "trml" / "1").mkdir(parents=True)
+    (repo / "trml" / "config.pbtxt").write_text('name: "trml"\nbackend: "python"\n')
+    (repo / "trml" / "1" / "router.json").write_text(json.dumps({"tensorrt": {"fusion_head": {
+        "version": "10.3.0", "compute_capability": "sm87"}}}))
+    res = CliRunner().invoke(app, ["serve", str(repo), "--tritonserver", str(binary), "--no-supervise"])
+    assert res.exit_code != 0
+    assert "could not tell the server's TensorRT version" in res.stderr, res.stderr
 
 
 def test_every_bls_request_of_the_routers_asks_for_cpu_outputs():

@@ -200,11 +200,16 @@ def test_serve_token_file_and_mutual_tls(tmp_path):
         marker = tmp_path / "marker"
         status, _ = _http(url, "/v2/repository/models/evil/load", _load_with_file_body(*_evil(marker)))
         assert status == 403
-        assert _http(url, "/v2/repository/models/trml_visual_missing/unload", {})[0] == 403
-        for action in ("unload", "load"):  # with the token from the file, a user's tool may manage models
-            status, text = _http(url, f"/v2/repository/models/trml_visual_missing/{action}", {}, {ADMIN_HEADER: token})
-            assert status == 200, (action, text)
-        assert _http(url, "/v2/models/trml_visual_missing/ready")[0] == 200
+        assert _http(url, "/v2/repository/models/trml_stream/unload", {})[0] == 403
+        # with the token from the file, a user's tool may manage models; the supervisor leaves an unloaded one be
+        status, text = _http(url, "/v2/repository/models/trml_stream/unload", {}, {ADMIN_HEADER: token})
+        assert status == 200, text
+        time.sleep(2.0)
+        assert _http(url, "/v2/models/trml_stream/ready")[0] != 200
+        assert "model trml_stream: its stub process ended with an unload" in err_path.read_text()
+        status, text = _http(url, "/v2/repository/models/trml_stream/load", {}, {ADMIN_HEADER: token})
+        assert status == 200, text
+        assert _http(url, "/v2/models/trml_stream/ready")[0] == 200
 
         tls = {"root_certificates": str(pki["ca"]), "private_key": str(pki["client_key"]),
                "certificate_chain": str(pki["client_cert"])}
@@ -224,9 +229,10 @@ def test_serve_token_file_and_mutual_tls(tmp_path):
         assert plain_http.returncode == 0 and tls_ok.returncode == 0, (plain_http.stderr, tls_ok.stderr)
         assert np.allclose(json.loads(tls_ok.stdout)["output"], json.loads(plain_http.stdout)["output"], atol=1e-6)
         refused = {"no client certificate": client(f"grpcs://{grpc_url}", "--tls-ca", str(pki["ca"])),
-                   "a CA that did not sign the server's": client(f"grpcs://{grpc_url}", "--tls-ca", str(pki["other_ca"]),
-                                                                 "--tls-cert", str(pki["client_cert"]),
-                                                                 "--tls-key", str(pki["client_key"])),
+                   "a CA that did not sign the server's": client(f"grpcs://{grpc_url}", "--tls-ca",
+                                                                 str(pki["other_ca"]), "--tls-cert",
+                                                                 str(pki["client_cert"]), "--tls-key",
+                                                                 str(pki["client_key"])),
                    "plaintext gRPC": client(f"grpc://{grpc_url}")}
         for what, res in refused.items():
             lines = res.stderr.strip().splitlines()

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from export_fixtures import bundle, workdir
+from serving_fixtures import LAYOUTS
 from test_serving_live import _group_rss_mb
 from test_stream_runtime import PUSHES, _frames
 from trml_edge.errors import RequestError, StreamLimitError
@@ -32,7 +33,7 @@ IDLE_S = 3.0  # its idle timeout
 
 
 @cache
-def _server():
+def _server(layout: str):
     import atexit
 
     from trml_edge.serving.repository import ModelSettings, RepoConfig, build_repository
@@ -41,16 +42,18 @@ def _server():
 
     # the stream router waits up to 20 ms to batch updates of several streams, so concurrent updates meet
     repo = build_repository(RepoConfig(
-        bundle=str(bundle("fp32")), out=str(workdir() / "repo_stream"), router=ModelSettings(max_batch_size=8),
+        bundle=str(bundle("fp32")), out=str(workdir() / f"repo_stream_{layout}"), layout=layout, force=True,
+        router=ModelSettings(max_batch_size=8),
         stream=StreamSettings(max_streams=BOUND, idle_timeout_s=IDLE_S, max_queue_delay_us=20000)))
     srv = TritonServer(repo).start()
     atexit.register(srv.stop)
     return srv
 
 
-@pytest.fixture(scope="module")
-def srv():
-    return _server()
+@pytest.fixture(scope="module", params=LAYOUTS)
+def srv(request):
+    """The stream router of each layout: fused (graphs in the router's process) and ensemble."""
+    return _server(request.param)
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +80,15 @@ def live(srv) -> int:
 
 
 def frames_encoded(srv) -> int:
-    """Frames the image_encoder model has run on: the sum of its executed batch sizes (Triton's statistics)."""
+    """Frames the image encoder has run on for streams: ensemble layout, the sum of the image_encoder model's
+    executed batch sizes (Triton's statistics); fused, the stream router's own counter of its in-process graph
+    runs (sent every 0.5 s: wait for it)."""
+    if srv.layout() == "fused":
+        time.sleep(1.2)
+        try:
+            return int(metric(srv, "trml_graph_rows_total", model="trml_stream", graph="image_encoder"))
+        except AssertionError:  # no frame encoded yet: no sample
+            return 0
     with urllib.request.urlopen(f"http://{srv.url}/v2/models/image_encoder/stats") as r:
         s = json.loads(r.read())["model_stats"][0]
     return sum(int(b["batch_size"]) * int(b["compute_infer"]["count"]) for b in s.get("batch_stats", []))
@@ -171,6 +182,26 @@ def test_update_after_end_or_to_an_unknown_stream_is_a_client_error(srv):
     s.push(None, "one update", end=True)
     with pytest.raises(RequestError, match="has ended"):  # our client does not send it at all
         s.push(f[0])
+
+
+def test_a_malformed_last_update_still_frees_the_stream(srv, pipe):
+    """The end flag frees a stream whatever its update's answer: a malformed closing update (0 frames) gets its
+    400, the live-stream gauge drops at once, and the same id starts a new stream straight away."""
+    from tritonclient.utils import InferenceServerException
+
+    sid, f = 6161, _frames(2, 11)
+    assert live(srv) == 0
+    _raw(srv, sid, frames=f[None], text=b"about to end badly", start=True)
+    assert live(srv) == 1
+    with pytest.raises(InferenceServerException) as e:
+        _raw(srv, sid, frames=f[None, :0], end=True)
+    assert e.value.status() == "400" and "0 frames" in e.value.message()
+    assert live(srv) == 0  # freed now, not at the idle timeout
+    ref = pipe.stream()
+    got = _raw(srv, sid, frames=f[None, :1], start=True, end=True)  # the same id, a new stream: its first frame
+    want = ref.push(f[:1])
+    assert abs(float(got.as_numpy("OUTPUT")[0, 0]) - float(want.output)) <= TOL
+    assert live(srv) == 0
 
 
 def test_a_malformed_update_is_a_client_error_and_changes_nothing(srv, pipe):
@@ -343,7 +374,7 @@ def test_stream_router_config_and_build_options(tmp_path):
     from trml_edge.serving.repository import RepoConfig, build_repository
     from trml_edge.serving.stream_repo import STREAM_ENSEMBLES, StreamSettings
 
-    repo = build_repository(RepoConfig(bundle=str(bundle("fp32")), out=str(tmp_path / "r"),
+    repo = build_repository(RepoConfig(bundle=str(bundle("fp32")), out=str(tmp_path / "r"), layout="ensemble",
                                        stream=StreamSettings(max_streams=5, idle_timeout_s=7.5)))
     c = text_format.Parse((repo / "trml_stream" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
     seq = c.sequence_batching
@@ -355,6 +386,14 @@ def test_stream_router_config_and_build_options(tmp_path):
         e = text_format.Parse((repo / name / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
         assert [s.model_name for s in e.ensemble_scheduling.step] == list(steps)
         assert {o.name for o in e.output} == {"output", "v"}
+    # fused: no ensembles, and the stream router's bundle is the trml router's files, hard-linked
+    fused = build_repository(RepoConfig(bundle=str(bundle("fp32")), out=str(tmp_path / "fused")))
+    assert sorted(p.name for p in fused.iterdir()) == ["trml", "trml_stream"]
+    conf = json.loads((fused / "trml_stream" / "1" / "stream.json").read_text())
+    assert conf["layout"] == "fused" and "ensembles" not in conf
+    for f in (fused / "trml" / "1" / "bundle").rglob("*"):
+        twin = fused / "trml_stream" / "1" / "bundle" / f.relative_to(fused / "trml" / "1" / "bundle")
+        assert f.is_dir() or f.stat().st_ino == twin.stat().st_ino, f
     off = build_repository(RepoConfig(bundle=str(bundle("fp32")), out=str(tmp_path / "off"),
                                       stream=StreamSettings(enabled=False)))
     assert not [p for p in off.iterdir() if p.name.startswith("trml_stream")] and (off / "trml").is_dir()

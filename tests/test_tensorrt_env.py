@@ -235,7 +235,8 @@ def test_target_env_writes_the_script_or_nothing(tmp_path, monkeypatch, capsys):
 
 
 def test_make_target_check_builds_the_environment_before_it_checks():
-    steps = subprocess.run(["make", "-n", "target-check", "PY=python3"], cwd=ROOT, capture_output=True, text=True,
+    steps = subprocess.run(["make", "--no-print-directory", "-n", "target-check", "PY=python3"], cwd=ROOT,
+                           capture_output=True, text=True,
                            check=True).stdout.splitlines()
     assert [s.split()[:3] for s in steps] == [["python3", "-m", "trml_edge.target_env"],
                                               ["sh", "-e", "target_check/setup.sh"],

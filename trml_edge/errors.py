@@ -64,6 +64,19 @@ class BundleError(TrmlEdgeError):
     """An export bundle is missing files or fails its hash check."""
 
 
+# ONNX Runtime comes in several distributions that provide the one ``onnxruntime`` module; none is a hard dependency.
+ORT_FIX = ("no ONNX Runtime is installed: pip install 'trml-edge[cpu]' (CPU) or 'trml-edge[gpu]' (onnxruntime-gpu, "
+           "CUDA); on a Jetson, NVIDIA's onnxruntime-gpu wheel for its JetPack")
+
+
+def require_onnxruntime() -> None:
+    """Raise the one-line fix when no distribution provides the ``onnxruntime`` module."""
+    import importlib.util
+
+    if importlib.util.find_spec("onnxruntime") is None:
+        raise MissingDependencyError(ORT_FIX)
+
+
 def require(module: str, extra: str):
     """Import an optional dependency, or say which extra installs it."""
     import importlib

@@ -111,3 +111,31 @@ def check_text(text, limits: RequestLimits = RequestLimits()) -> str:
     if not text.strip():
         raise RequestError("TEXT is empty; send some text, or omit TEXT for a frames-only request")
     return text
+
+
+def request_rows(text: np.ndarray | None, frames: np.ndarray | None, batched: bool,
+                 limits: RequestLimits = RequestLimits()) -> tuple[str, list | None, list | None]:
+    """One router request's inputs, as Triton hands them (``TEXT`` an object array of bytes, ``FRAMES`` uint8;
+    either None when the client left it out) -> (scenario, checked frames per row or None, texts per row or
+    None). ``batched``: the router's config has a batch axis (``max_batch_size`` > 0), so each input carries
+    one row per request row; else the request is one row without it. Raises ``RequestError`` (or
+    ``MissingModalityError``) for a malformed request; the router answers it alone with a client error."""
+    scenario = route(frames is not None, text is not None)
+    texts = clips = None
+    rows = None
+    if text is not None:
+        raw = text if batched else text[None]  # (b, 1) object array of bytes
+        if raw.ndim != 2 or raw.shape[1] != 1 or raw.shape[0] < 1:
+            raise RequestError(f"TEXT must be one string per request row, shape [b, 1]; got {list(raw.shape)}")
+        texts = [check_text(x, limits) for x in raw[:, 0]]
+        rows = len(texts)
+    if frames is not None:
+        arr = frames if batched else frames[None]  # (b, n, H, W, 3)
+        if arr.ndim != 5:
+            raise RequestError(f"FRAMES must be uint8 [n, H, W, 3] per request row; got shape {list(arr.shape)} "
+                               "(with the batch axis)")
+        if rows is not None and arr.shape[0] != rows:
+            raise RequestError(f"TEXT has {rows} rows but FRAMES has {arr.shape[0]}; send one of each per request "
+                               "row")
+        clips = [check_frames(a, limits) for a in arr]
+    return scenario, clips, texts

@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path
 
 from trml_edge import tensorrt_env
-from trml_edge.errors import ORT_FIX, require_onnxruntime  # noqa: F401  (the runtime's check; --version reports it)
+from trml_edge.errors import ORT_FIX
 
 JETPACK_TRITON = Path("/opt/tritonserver/bin/tritonserver")
 

@@ -15,10 +15,10 @@
 * A failed call raises ``GraphCallError`` with ``retryable``: True when the model is down or reloading
   (a dead Python-backend stub, a model being reloaded, a model not ready), so the router answers the
   request with UNAVAILABLE (HTTP 503, gRPC UNAVAILABLE) and a message naming the model; False for any other
-  fault, answered with INTERNAL (500).
+  fault, answered with INTERNAL (500) (``trml_respond.error_response``).
 
 Imports numpy and ``triton_python_backend_utils`` only; ``trml-edge triton build`` copies this file beside
-each router's ``model.py``.
+each router's ``model.py`` in the ensemble layout (the fused layout makes no BLS call).
 """
 
 import re
@@ -50,15 +50,6 @@ def _retryable(error):
         return True
     msg = error.message().lower()
     return any(s in msg for s in _DOWN)
-
-
-def error_response(exc):
-    """The response for a request whose call failed: UNAVAILABLE when retryable, else INTERNAL."""
-    if isinstance(exc, GraphCallError) and exc.retryable:
-        return pb_utils.InferenceResponse(error=pb_utils.TritonError(
-            f"{exc}; retry shortly", pb_utils.TritonError.UNAVAILABLE))
-    return pb_utils.InferenceResponse(error=pb_utils.TritonError(
-        f"trml router: {type(exc).__name__}: {exc}", pb_utils.TritonError.INTERNAL))
 
 
 _CPU = None

@@ -1,34 +1,41 @@
 """The ``trml`` router: a Triton Python-backend model that routes each request around a missing modality.
 
 Inputs ``TEXT`` (TYPE_STRING) and ``FRAMES`` (TYPE_UINT8, [n, H, W, 3]) are both optional. The router checks
-each request, preprocesses and tokenizes it, groups the requests Triton hands ``execute`` by scenario, and
-makes one call per group to that scenario's ensemble, which runs the fixed chain of graph models natively
-inside Triton (their embeddings never come back to the router; on a GPU they stay on the device):
+each request (``routing.request_rows``), groups the requests Triton hands ``execute`` by scenario, and runs each
+group in one go. Where the graphs run is the repository's layout (``router.json``):
 
-* visual missing: ensemble ``trml_visual_missing`` = text_encoder -> gen_text_to_visual -> fusion_head;
-* complete: image_encoder (a BLS call), then ensemble ``trml_complete`` = (temporal_encoder | text_encoder)
-  -> fusion_head;
-* text missing: image_encoder (a BLS call), then ensemble ``trml_text_missing`` = temporal_encoder ->
-  gen_visual_to_text -> fusion_head.
+* ``fused`` (a Triton whose only backend is Python, the one a CPU box runs): the router loads the bundle's
+  graphs with ONNX Runtime in its own process, through the package's own runtime copied beside this file
+  (``trml_core/runtime``: the bundle's sha256 check, per-graph sessions and precisions, preprocessing, exact
+  text trimming), and runs each group with ``Pipeline.predict_group``: the image encoder once over every frame
+  of the group, the text encoder once over every text, each in chunks of at most the graph's limit. No BLS
+  call, so no process round trip per graph step.
+* ``ensemble`` (Triton's native backends: ``tensorrt_plan`` on a GPU box, ``onnxruntime``): each graph is its
+  own Triton model, and the router makes one BLS call per group to its scenario's ensemble, which chains the
+  graph models inside Triton (on a GPU the embeddings stay on the device):
 
-The image encoder is the one graph called on its own: it runs per frame (its batch axis is every frame of
-the group) while the temporal encoder runs per clip, and an ensemble cannot regroup a batch axis. The
-router scatters the frame embeddings into ``[clips, T, D]`` with their mask.
+  * visual missing: ensemble ``trml_visual_missing`` = text_encoder -> gen_text_to_visual -> fusion_head;
+  * complete: image_encoder (a BLS call), then ensemble ``trml_complete`` = (temporal_encoder |
+    text_encoder) -> fusion_head;
+  * text missing: image_encoder (a BLS call), then ensemble ``trml_text_missing`` = temporal_encoder ->
+    gen_visual_to_text -> fusion_head.
 
-The calls are synchronous (``exec()`` from a plain ``execute``): on this Triton a BLS hop through
-``async_exec()`` from an ``async def execute`` costs about 0.5 ms more, and all a concurrent call could
-overlap here is tokenization (docs/serving.md, "The router, sync").
+  The image encoder is the one graph called on its own: it runs per frame (its batch axis is every frame of
+  the group) while the temporal encoder runs per clip, and an ensemble cannot regroup a batch axis. The calls
+  are synchronous (``exec()`` from a plain ``execute``: about 0.5 ms cheaper a hop than ``async_exec()`` on
+  this Triton; docs/serving.md, "The router, sync").
 
 Outputs: ``OUTPUT`` (score [1] or logits [C]) and ``VIRTUAL_MODALITY`` ("", "visual" or "text").
 
-Errors: a malformed request gets INVALID_ARG (HTTP 400) for itself alone; a model behind the router that is
-down or reloading gets UNAVAILABLE (503, retryable, naming the model) for the requests that needed it; any
-other fault INTERNAL (500). The server keeps serving.
+Errors (``trml_respond``): a malformed request gets INVALID_ARG (HTTP 400) for itself alone; a model behind the
+router that is down or reloading gets UNAVAILABLE (503, retryable, naming the model) for the requests that
+needed it; any other fault INTERNAL (500). The server keeps serving. Every request is counted in
+``trml_requests_total`` by scenario and outcome.
 
-Self-contained: it imports numpy and ``triton_python_backend_utils`` only. The routing rules, request checks,
-preprocessing and tokenizer are the package's own torch-free modules, which ``trml-edge triton build``
-copies byte for byte into ``trml_core/`` beside this file with ``trml_bls.py`` (the BLS calls), the bundle's
-manifest and tokenizer vocabulary.
+Self-contained: it imports numpy and ``triton_python_backend_utils`` only (and, in the fused layout,
+onnxruntime). The routing rules, request checks, preprocessing, tokenizer and (fused) the runtime are the
+package's own torch-free modules, which ``trml-edge triton build`` copies byte for byte into ``trml_core/``
+beside this file, with ``trml_respond.py``, ``trml_bls.py`` (ensemble) and the bundle or its manifest.
 """
 
 import json
@@ -42,10 +49,10 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
-import trml_bls  # noqa: E402  (copied beside this file by triton build)
-from trml_core import errors, preprocess, routing, tokenizer  # noqa: E402  (copies made by triton build)
+import trml_respond  # noqa: E402  (copied beside this file by triton build)
+from trml_core import preprocess, routing, tokenizer  # noqa: E402  (copies made by triton build)
 
-ROUTER_FILE = "router.json"  # written by `trml-edge triton build`: models, limits, preprocessing
+ROUTER_FILE = "router.json"  # written by `trml-edge triton build`: layout, limits, preprocessing, graphs
 
 
 class TritonPythonModel:
@@ -54,51 +61,29 @@ class TritonPythonModel:
         params = {k: v["string_value"] for k, v in cfg.get("parameters", {}).items()}
         with open(os.path.join(_HERE, ROUTER_FILE), encoding="utf-8") as f:
             self.router = json.load(f)
-        pre = self.router["preprocess"]
-        self.size, self.mean, self.std = int(pre["image_size"]), pre["mean"], pre["std"]
-        self.max_frames = int(pre["max_frames"])
-        self.image = self.router["image_encoder"]  # model, input, output, max_batch
-        self.ensembles = self.router["ensembles"]  # scenario -> model, inputs, output, max_batch
         self.limits = routing.RequestLimits(
             max_frames=int(params.get("max_frames_per_request", routing.RequestLimits.max_frames)),
             max_frame_side=int(params.get("max_frame_side", routing.RequestLimits.max_frame_side)),
             max_text_bytes=int(params.get("max_text_bytes", routing.RequestLimits.max_text_bytes)),
         )
         self.batched = int(cfg.get("max_batch_size", 0)) > 0  # else requests carry no batch axis
+        self.counters = trml_respond.Counters(args["model_name"])
+        self.fused = self.router.get("layout") == "fused"
+        if self.fused:  # the graphs in this process, run by the package's own runtime
+            self.pipe = trml_respond.fused_pipeline(_HERE, self.router, self.limits)
+            return
+        import trml_bls  # copied beside this file in the ensemble layout only
+
+        self.bls = trml_bls
+        pre = self.router["preprocess"]
+        self.size, self.mean, self.std = int(pre["image_size"]), pre["mean"], pre["std"]
+        self.max_frames = int(pre["max_frames"])
+        self.image = self.router["image_encoder"]  # model, input, output, max_batch
+        self.ensembles = self.router["ensembles"]  # scenario -> model, inputs, output, max_batch, steps
         tok = self.router["tokenizer"]
         self.tokenizer = tokenizer.BPETokenizer(os.path.join(_HERE, tok["file"]), int(tok["context_length"]))
 
-    # --- one request -> (scenario, rows) or an error ---
-    def _parse(self, request):
-        """(scenario, frames list or None, texts list or None); raises errors.DataError for a bad request."""
-        text_t = pb_utils.get_input_tensor_by_name(request, "TEXT")
-        frames_t = pb_utils.get_input_tensor_by_name(request, "FRAMES")
-        scenario = routing.route(frames_t is not None, text_t is not None)
-        texts = frames = None
-        rows = None
-        if text_t is not None:
-            raw = text_t.as_numpy()  # (b, 1) object array of bytes
-            if not self.batched:
-                raw = raw[None]
-            if raw.ndim != 2 or raw.shape[1] != 1 or raw.shape[0] < 1:
-                raise errors.RequestError(f"TEXT must be one string per request row, shape [b, 1]; got "
-                                          f"{list(raw.shape)}")
-            texts = [routing.check_text(x, self.limits) for x in raw[:, 0]]
-            rows = len(texts)
-        if frames_t is not None:
-            arr = frames_t.as_numpy()  # (b, n, H, W, 3)
-            if not self.batched:
-                arr = arr[None]
-            if arr.ndim != 5:
-                raise errors.RequestError(f"FRAMES must be uint8 [n, H, W, 3] per request row; got shape "
-                                          f"{list(arr.shape)} (with the batch axis)")
-            if rows is not None and arr.shape[0] != rows:
-                raise errors.RequestError(f"TEXT has {rows} rows but FRAMES has {arr.shape[0]}; send one of each "
-                                          "per request row")
-            frames = [routing.check_frames(a, self.limits) for a in arr]
-        return scenario, frames, texts
-
-    # --- the graphs behind each scenario ---
+    # --- the graphs behind each scenario (ensemble layout: BLS calls) ---
     def _image(self, frames):
         """Frames of every clip of a group -> (frame_emb [B, T, D], frame_mask [B, T]), T = the longest clip."""
         picked = [f[routing.pick_frames(len(f), self.max_frames)] for f in frames]
@@ -109,21 +94,24 @@ class TritonPythonModel:
             mask[i, : len(p)] = True
             pixels.append(preprocess.preprocess(p, self.size, self.mean, self.std))  # (T_i, 3, S, S)
         enc = self.image
-        emb = trml_bls.call(enc["model"], {enc["input"]: np.concatenate(pixels)}, [enc["output"]],
+        emb = self.bls.call(enc["model"], {enc["input"]: np.concatenate(pixels)}, [enc["output"]],
                             enc["max_batch"])[enc["output"]]  # (sum T_i, D)
         frame_emb = np.zeros((len(picked), t, emb.shape[-1]), dtype=np.float32)
         frame_emb[mask] = emb
         return {"frame_emb": frame_emb, "frame_mask": mask}
 
     def _group(self, scenario, frames, texts):
-        """Every row of one scenario group -> (R, C) outputs: one ensemble call (after the image encoder)."""
+        """Every row of one scenario group -> (R, C) outputs."""
+        if self.fused:  # in process, with the runtime's own code
+            out = self.pipe.predict_group(scenario, frames, texts)
+            return out[:, None] if out.ndim == 1 else out  # (R,) scores -> (R, 1)
         feeds = {}
         if texts is not None:
             feeds["tokens"] = routing.trim_to_eot(self.tokenizer(texts))  # (R, L') int64
         if frames is not None:
             feeds.update(self._image(frames))
         ens = self.ensembles[scenario]
-        out = trml_bls.call(ens["model"], {k: feeds[k] for k in ens["inputs"]}, [ens["output"]], ens["max_batch"],
+        out = self.bls.call(ens["model"], {k: feeds[k] for k in ens["inputs"]}, [ens["output"]], ens["max_batch"],
                             ens["steps"])
         return out[ens["output"]]
 
@@ -131,13 +119,17 @@ class TritonPythonModel:
         responses = [None] * len(requests)
         parsed = {}
         for i, request in enumerate(requests):
+            text = pb_utils.get_input_tensor_by_name(request, "TEXT")
+            frames = pb_utils.get_input_tensor_by_name(request, "FRAMES")
+            scenario = None
             try:
-                parsed[i] = self._parse(request)
-            except errors.DataError as e:  # the client's mistake: 400, and only this request fails
-                responses[i] = pb_utils.InferenceResponse(
-                    error=pb_utils.TritonError(str(e), pb_utils.TritonError.INVALID_ARG))
-            except Exception as e:  # a fault of ours while reading it: 500, still only this request
-                responses[i] = trml_bls.error_response(e)
+                scenario = routing.route(frames is not None, text is not None)
+                parsed[i] = routing.request_rows(None if text is None else text.as_numpy(),
+                                                 None if frames is None else frames.as_numpy(),
+                                                 self.batched, self.limits)
+            except Exception as e:  # malformed: 400 (a fault of ours while reading it: 500), this request only
+                responses[i], outcome = trml_respond.error_response(e)
+                self.counters.request(scenario, outcome)
         order = sorted(parsed)
         groups = routing.group_by_scenario([parsed[i][0] for i in order])
         for scenario, members in groups.items():  # in practice one: Triton batches requests with the same inputs
@@ -148,17 +140,18 @@ class TritonPythonModel:
                 out = self._group(scenario, frames, texts)
             except Exception as e:  # a model down (503) or a fault (500): this group's requests, the server stays up
                 for i in idx:
-                    responses[i] = trml_bls.error_response(e)
+                    responses[i], outcome = trml_respond.error_response(e)
+                self.counters.request(scenario, outcome, len(idx))
                 continue
-            virtual = routing.VIRTUAL_MODALITY[scenario].encode("utf-8")
             row = 0
             for i in idx:
                 n = len(parsed[i][2] if parsed[i][2] is not None else parsed[i][1])
-                result = out[row:row + n].astype(np.float32)  # (b, C)
+                responses[i] = trml_respond.answer(out[row:row + n], scenario, self.batched)  # (b, C)
                 row += n
-                names = np.full((n, 1), virtual, dtype=object)
-                if not self.batched:
-                    result, names = result[0], names[0]
-                responses[i] = pb_utils.InferenceResponse(output_tensors=[
-                    pb_utils.Tensor("OUTPUT", result), pb_utils.Tensor("VIRTUAL_MODALITY", names)])
+            self.counters.request(scenario, trml_respond.OK, len(idx))
+        if self.fused:
+            self.counters.graph_rows(self.pipe.rows)
         return responses
+
+    def finalize(self):
+        self.counters.close()

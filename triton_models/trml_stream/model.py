@@ -10,12 +10,16 @@ uses).
 Per-stream state (the window's frame embeddings, the text and its embedding) lives here, in this instance's
 ``StreamTable``: Triton's "oldest" strategy sends every request of a sequence to the same instance and never two
 of one sequence in a batch. An update runs the image encoder on its new frames only and the text encoder only
-when the text changed, then makes one call to the stream ensemble of its scenario (``trml_stream_complete``:
-temporal encoder -> head, with the stream's text embedding; ``trml_stream_text_missing``: temporal encoder ->
-generator -> head), which also returns the window's visual embedding to keep. The BLS calls are made one
-after the other (``trml_bls.call``: cheaper than concurrent ``async_exec`` calls on this Triton). An update
-without frames (a new text) runs the head (and a generator) on the kept embeddings. Each call is made once per
-batch of updates from different streams.
+when the text changed. Where the graphs run is the repository's layout (``stream.json``):
+
+* ``fused``: in this process, each update scored by the package's own runtime (``trml_core/runtime``,
+  ``Stream`` over the stream's kept state), exactly as ``Pipeline.stream()`` does locally; no BLS call.
+* ``ensemble``: after the image (and text) encoder's BLS call, one call to the stream ensemble of its scenario
+  (``trml_stream_complete``: temporal encoder -> head, with the stream's text embedding;
+  ``trml_stream_text_missing``: temporal encoder -> generator -> head), which also returns the window's visual
+  embedding to keep. The BLS calls are made one after the other (``trml_bls.call``: cheaper than concurrent
+  ``async_exec`` calls on this Triton). An update without frames (a new text) runs the head (and a generator)
+  on the kept embeddings. Each call is made once per batch of updates from different streams.
 
 * A stream is freed on its end flag and after ``max_sequence_idle_microseconds`` without an update (a sweeper
   thread, so an abandoned stream is freed without further traffic).
@@ -23,10 +27,11 @@ batch of updates from different streams.
 * An update of a stream that is not live (ended, timed out, refused, never started) and a malformed update
   get INVALID_ARG (HTTP 400); a malformed update changes nothing in its stream.
 * The number of live streams is the gauge ``trml_stream_live_streams`` on Triton's metrics endpoint, with
-  the counter ``trml_stream_events_total`` (event = opened, ended, expired, refused).
+  the counter ``trml_stream_events_total`` (event = opened, ended, expired, refused), and every update is
+  counted in ``trml_requests_total`` by scenario and outcome (``trml_respond``).
 
-Imports numpy and ``triton_python_backend_utils`` only, plus ``trml_bls.py`` and the ``trml_core`` copies that
-``trml-edge triton build`` puts beside this file.
+Imports numpy and ``triton_python_backend_utils`` only (and, fused, onnxruntime), plus ``trml_respond.py``,
+``trml_bls.py`` (ensemble) and the ``trml_core`` copies that ``trml-edge triton build`` puts beside this file.
 """
 
 import json
@@ -41,14 +46,11 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
-import trml_bls  # noqa: E402  (copied beside this file by triton build)
+import trml_respond  # noqa: E402  (copied beside this file by triton build)
 from trml_core import errors, graphs, preprocess, routing, streaming, tokenizer  # noqa: E402
 
-STREAM_FILE = "stream.json"  # written by `trml-edge triton build`: graph models, preprocessing, tokenizer
-
-
-def _error(message, code):
-    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code))
+STREAM_FILE = "stream.json"  # written by `trml-edge triton build`: layout, graphs, preprocessing, tokenizer
+_SCENARIO_OF = {v: k for k, v in routing.VIRTUAL_MODALITY.items()}  # "visual" -> visual_missing, ...
 
 
 class TritonPythonModel:
@@ -60,9 +62,7 @@ class TritonPythonModel:
         pre = conf["preprocess"]
         self.size, self.mean, self.std = int(pre["image_size"]), pre["mean"], pre["std"]
         self.max_frames = int(pre["max_frames"])
-        self.models = conf["graph_models"]  # graph name -> Triton model name
         self.max_batch = {g: int(n) for g, n in conf["graph_max_batch"].items()}
-        self.ensembles = conf["ensembles"]  # scenario -> model, inputs, outputs (head's, then v), max_batch
         self.limits = routing.RequestLimits(
             max_frames=int(params.get("max_frames_per_request", routing.RequestLimits.max_frames)),
             max_frame_side=int(params.get("max_frame_side", routing.RequestLimits.max_frame_side)),
@@ -71,8 +71,21 @@ class TritonPythonModel:
         self.batched = int(cfg.get("max_batch_size", 0)) > 0
         idle_s = int(cfg["sequence_batching"]["max_sequence_idle_microseconds"]) / 1e6
         self.table = streaming.StreamTable(self.max_frames, int(params["max_streams"]), idle_s)
-        tok = conf["tokenizer"]
-        self.tokenizer = tokenizer.BPETokenizer(os.path.join(_HERE, tok["file"]), int(tok["context_length"]))
+        self.fused = conf.get("layout") == "fused"
+        if self.fused:  # the graphs in this process, run by the package's own runtime
+            from trml_core.runtime.stream import Stream
+
+            self.pipe = trml_respond.fused_pipeline(_HERE, conf, self.limits)
+            self.stream_of = lambda state: Stream(self.pipe, state)
+        else:
+            import trml_bls  # copied beside this file in the ensemble layout only
+
+            self.bls = trml_bls
+            self.models = conf["graph_models"]  # graph name -> Triton model name
+            self.ensembles = conf["ensembles"]  # scenario -> model, inputs, outputs (head's, then v), max_batch
+            tok = conf["tokenizer"]
+            self.tokenizer = tokenizer.BPETokenizer(os.path.join(_HERE, tok["file"]), int(tok["context_length"]))
+        self.counters = trml_respond.Counters(args["model_name"])
         labels = {"model": args["model_name"], "instance": args.get("model_instance_name", "")}
         # the families must outlive their metrics: kept on self
         self._families = (
@@ -95,6 +108,7 @@ class TritonPythonModel:
     def finalize(self):
         self._stop.set()
         self._sweeper.join(timeout=5)
+        self.counters.close()
 
     # --- state bookkeeping ---
     def _sweep(self, period):
@@ -147,7 +161,7 @@ class TritonPythonModel:
     def _graph(self, graph, **feeds):
         """Run one graph model on batched feeds; its only output."""
         out = graphs.GRAPHS[graph].outputs[0].name
-        res = trml_bls.call(self.models[graph], feeds, [out], self.max_batch.get(graph, 0))
+        res = self.bls.call(self.models[graph], feeds, [out], self.max_batch.get(graph, 0))
         return res[out]
 
     def _encode(self, updates):
@@ -192,7 +206,7 @@ class TritonPythonModel:
         feeds = {"frame_emb": frame_emb, "frame_mask": mask}
         if "t" in ens["inputs"]:
             feeds["t"] = np.stack([t[k] for k in ks]).astype(np.float32)
-        res = trml_bls.call(ens["model"], feeds, ens["outputs"], ens["max_batch"])
+        res = self.bls.call(ens["model"], feeds, ens["outputs"], ens["max_batch"])
         out, v = res[ens["outputs"][0]], res[ens["outputs"][1]]
         return {k: (out[row], v[row]) for row, k in enumerate(ks)}
 
@@ -219,10 +233,27 @@ class TritonPythonModel:
         return {k: (out[row], None) for row, k in enumerate(ks)}
 
     def _score(self, updates):
-        """updates: [(sid, state, frames, text)] of different streams -> [(output (C,), virtual)], and commits.
+        """updates: [(sid, state, frames, text)] of different streams -> per update (output (C,), scenario) or the
+        exception that failed it; each update that succeeded is committed to its stream's state."""
+        if not self.fused:
+            try:
+                return self._score_ensemble(updates)
+            except Exception as e:  # a model down (503) or a fault (500): these updates fail, streams unchanged
+                return [e] * len(updates)
+        results = []
+        for _, state, frames, text in updates:  # each on its own: one failure leaves the others' answers
+            try:
+                stream = self.stream_of(state)
+                p = stream.score() if frames is None and text is None else stream.push(frames, text)
+                results.append((np.atleast_1d(np.asarray(p.output, np.float32)), _SCENARIO_OF[p.virtual_modality]))
+            except Exception as e:
+                results.append(e)
+        return results
 
-        An update with new frames goes through its scenario's stream ensemble after the image encoder; the
-        others (a new text, or only the end flag) graph by graph from the cached embeddings."""
+    def _score_ensemble(self, updates):
+        """The ensemble layout's ``_score``: an update with new frames goes through its scenario's stream
+        ensemble after the image encoder; the others (a new text, or only the end flag) graph by graph from the
+        cached embeddings. All or nothing: the caller answers every update with the exception."""
         new_emb, new_t = self._encode(updates)
         n = len(updates)
         states = [state for _, state, _, _ in updates]
@@ -244,7 +275,7 @@ class TritonPythonModel:
         for k, (_, state, _, text) in enumerate(updates):
             out, v = done[k]
             state.commit(new_emb[k], text, new_t[k], v)
-            results.append((np.asarray(out, np.float32), routing.VIRTUAL_MODALITY[scen[k]]))
+            results.append((np.asarray(out, np.float32), scen[k]))
         return results
 
     def execute(self, requests):
@@ -255,7 +286,8 @@ class TritonPythonModel:
                 sid = self._control(request, "CORRID")
                 start, end = bool(self._control(request, "START")), bool(self._control(request, "END"))
             except Exception as e:  # a repository whose config lacks the controls: our fault
-                responses[i] = trml_bls.error_response(e)
+                responses[i], outcome = trml_respond.error_response(e)
+                self.counters.request(None, outcome)
                 continue
             if end:
                 ends.append(sid)  # Triton ends the sequence whatever the answer: so does the router
@@ -270,27 +302,21 @@ class TritonPythonModel:
                         raise errors.RequestError("the stream ended before it got any FRAMES or TEXT")
                 updates.append((sid, state, frames, text))
                 members.append(i)
-            except errors.StreamLimitError as e:  # over the bound: retryable
-                responses[i] = _error(str(e), pb_utils.TritonError.UNAVAILABLE)
-            except errors.DataError as e:  # the client's mistake: only this request fails, its stream unchanged
-                responses[i] = _error(str(e), pb_utils.TritonError.INVALID_ARG)
-            except Exception as e:
-                responses[i] = trml_bls.error_response(e)
+            except Exception as e:  # over the bound: 503; malformed: 400, its stream unchanged; else 500
+                responses[i], outcome = trml_respond.error_response(e)
+                self.counters.request(None, outcome)
         if updates:
-            try:
-                results = self._score(updates)
-            except Exception as e:  # a model down (503) or a fault (500): these updates fail, streams unchanged
-                for i in members:
-                    responses[i] = trml_bls.error_response(e)
-            else:
-                for i, (out, virtual) in zip(members, results):
-                    names = np.array([[virtual.encode("utf-8")]], dtype=object)
-                    out = out[None]  # (1, C)
-                    if not self.batched:
-                        out, names = out[0], names[0]
-                    responses[i] = pb_utils.InferenceResponse(output_tensors=[
-                        pb_utils.Tensor("OUTPUT", out), pb_utils.Tensor("VIRTUAL_MODALITY", names)])
+            for i, (_, state, frames, text), result in zip(members, updates, self._score(updates)):
+                if isinstance(result, Exception):  # a model down (503) or a fault (500): the stream is unchanged
+                    responses[i], outcome = trml_respond.error_response(result)
+                    self.counters.request(state.scenario(frames is not None, text is not None), outcome)
+                    continue
+                out, scenario = result
+                responses[i] = trml_respond.answer(out[None], scenario, self.batched)  # (1, C)
+                self.counters.request(scenario, trml_respond.OK)
         for sid in ends:
             self.table.end(sid)
         self._publish()
+        if self.fused:
+            self.counters.graph_rows(self.pipe.rows)
         return responses

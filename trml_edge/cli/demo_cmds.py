@@ -128,7 +128,7 @@ def demo(
         repo = build_repository(RepoConfig(bundle=str(out / "bundles" / served), out=str(out / "triton"),
                                            backend="python", force=True))
         with TritonServer(repo, log_file=out / "tritonserver.log") as srv:
-            console.print(f"    serving on {srv.url} {stamp()}")
+            console.print(f"    serving on {srv.url} ({srv.layout()} layout) {stamp()}")
             console.print(f"[bold]6/7[/] profile: fp32, fp16, int8 x PyTorch, ONNX Runtime and Triton {stamp()}")
             profile(ProfileConfig(bundles=[str(b) for b in bundles], out=str(report), data=str(data), url=srv.url,
                                   url_bundle=served, batches=_ints(batch, "--batch"),

@@ -19,15 +19,21 @@ app.add_typer(triton_app, name="triton")
 def build(
     bundle: Path = typer.Argument(..., help="export bundle (from `trml-edge export`)"),
     out: Path = typer.Option(..., "--out", help="model repository directory to create"),
-    backend: str = typer.Option("python", help="per-graph models: onnxruntime | tensorrt (needs build-engines) | "
-                                               "python (ORT inside the Python backend, for CPU-only Triton)"),
-    instances: int = typer.Option(1, help="instances of each per-graph model"),
+    backend: str = typer.Option("python", help="how the graphs run: onnxruntime | tensorrt (needs build-engines) | "
+                                               "python (ORT inside the Python backend, for a CPU-only Triton)"),
+    layout: Optional[str] = typer.Option(None, help="fused: the routers run every graph with ONNX Runtime in their "
+                                                    "own process (no round trip per graph step); ensemble: a Triton "
+                                                    "model per graph, an ensemble per scenario [default: fused for "
+                                                    "--backend python, ensemble for onnxruntime and tensorrt]"),
+    instances: int = typer.Option(1, help="ensemble layout: instances of each per-graph model"),
     kind: str = typer.Option("auto", help="per-graph instance kind: cpu | gpu | auto (gpu for tensorrt)"),
     max_queue_delay_us: int = typer.Option(0, help="how long an idle per-graph model waits to fill a batch (us); "
                                                    "0 still batches the requests queued while it is busy"),
-    max_batch: Optional[int] = typer.Option(None, help="per-graph max_batch_size [default: the bundle's TensorRT "
-                                                        "profile max of the batch axis]"),
-    router_instances: int = typer.Option(1, help="instances of the trml router"),
+    max_batch: Optional[int] = typer.Option(None, help="per-graph max_batch_size (fused: the most rows one graph run "
+                                                        "takes) [default: the bundle's TensorRT profile max of the "
+                                                        "batch axis]"),
+    router_instances: int = typer.Option(1, help="instances of the trml router (fused: each a process holding every "
+                                                 "graph's session)"),
     router_max_batch: int = typer.Option(8, help="requests the router takes at once (0: one at a time, without "
                                                  "a batch axis in the request)"),
     router_queue_delay_us: int = typer.Option(0, help="how long an idle router waits to fill a batch (us); 0 "
@@ -35,7 +41,8 @@ def build(
     max_frames: int = typer.Option(512, help="frames per request; more are refused (the model sub-samples)"),
     max_frame_side: int = typer.Option(4096, help="largest frame height or width in pixels; larger is refused"),
     max_text_bytes: int = typer.Option(16384, help="largest TEXT in utf-8 bytes; longer is refused"),
-    threads: int = typer.Option(0, help="python backend: ORT intra-op threads per graph model (0: ORT default)"),
+    threads: int = typer.Option(0, help="python backend: ORT intra-op threads per graph session (0: ORT default, "
+                                        "every core)"),
     force: bool = typer.Option(False, "--force", help="replace an existing repository"),
     stream_max_streams: int = typer.Option(256, help="trml_stream: live streams per router instance; a new one "
                                                      "beyond is refused with 503 (retryable)"),
@@ -46,12 +53,13 @@ def build(
     streams: bool = typer.Option(True, "--streams/--no-streams", help="write the trml_stream router (live "
                                                                        "streams on Triton's sequence batcher)"),
 ) -> None:
-    """Generate a Triton model repository from BUNDLE: one model per graph plus the `trml` BLS router."""
+    """Generate a Triton model repository from BUNDLE: the `trml` router (and `trml_stream`), with the graphs
+    inside them (fused) or one Triton model per graph chained by an ensemble per scenario (ensemble)."""
     from trml_edge.routing import RequestLimits
     from trml_edge.serving.repository import ModelSettings, RepoConfig, build_repository
 
     cfg = RepoConfig(
-        bundle=str(bundle), out=str(out), backend=backend,
+        bundle=str(bundle), out=str(out), backend=backend, layout=layout,
         graphs=ModelSettings(instances=instances, kind=kind, max_queue_delay_us=max_queue_delay_us,
                              max_batch_size=max_batch),
         router=ModelSettings(instances=router_instances, kind="cpu", max_queue_delay_us=router_queue_delay_us,
@@ -63,8 +71,9 @@ def build(
     cfg.stream = StreamSettings(enabled=streams, max_streams=stream_max_streams, idle_timeout_s=stream_idle_timeout,
                                 max_queue_delay_us=stream_queue_delay_us)
     repo = build_repository(cfg)
-    typer.echo(f"wrote {repo} ({backend} graphs, one ensemble per scenario, the trml router); serve it with: "
-               f"trml-edge serve {repo}")
+    how = ("fused layout: the routers run the graphs with ONNX Runtime in process" if cfg.resolved_layout == "fused"
+           else f"ensemble layout: a {backend} model per graph, an ensemble per scenario, the trml router")
+    typer.echo(f"wrote {repo} ({how}); serve it with: trml-edge serve {repo}")
 
 
 @app.command()
@@ -100,7 +109,8 @@ def serve(
     answer only requests that carry this run's secret token (see docs/serving.md, "Security")."""
     from trml_edge.errors import ConfigError
     from trml_edge.serving.security import RESTRICTED_APIS, GrpcTLS, ServerSecurity, exposure_notes
-    from trml_edge.serving.server import TritonServer, check_plan_versions
+    from trml_edge.serving.plans import check_plan_versions
+    from trml_edge.serving.server import TritonServer
 
     def log(line: str) -> None:
         typer.echo(f"{time.strftime('%H:%M:%S')} {line}", err=True)
@@ -110,7 +120,7 @@ def serve(
                           "adds mutual TLS to them)")
     tls = GrpcTLS(grpc_tls_cert, grpc_tls_key, grpc_tls_client_ca) if grpc_tls_cert is not None else None
     security = ServerSecurity(open_admin_api=open_admin_api, admin_token_file=admin_token_file, grpc_tls=tls)
-    check_plan_versions(repo, tritonserver, backend_directory)
+    check_plan_versions(repo, tritonserver, backend_directory, log=log)
     srv = TritonServer(repo, http_port or None, grpc_port or None, metrics_port or None, tritonserver,
                        backend_directory, host, log_file, supervise=supervise, log=log, security=security)
     stop = {"signal": None}
@@ -134,6 +144,10 @@ def serve(
         for note in exposure_notes(srv.host, {"HTTP": srv.http_port, "gRPC": srv.grpc_port,
                                               "metrics": srv.metrics_port}, security):
             log(note)
+        layout = srv.layout()
+        typer.echo(f"layout: {layout}" + {"fused": " (the routers run every graph in process)",
+                                          "ensemble": " (a Triton model per graph, an ensemble per scenario)"}
+                   .get(layout, ""))
         for m in srv.models():
             typer.echo(f"  {m['name']} v{m.get('version', '?')}: {m.get('state', '?')}")
         typer.echo("Ctrl-C or SIGTERM stops it")

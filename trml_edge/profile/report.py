@@ -39,7 +39,8 @@ REPORT_SCHEMA: dict[str, Any] = {  # JSON Schema (the subset `validate` checks)
             "type": "object", "required": ["backend", "bundle", "scenario", "status"],
             "properties": {"status": {"enum": ["OK", "SKIPPED", "FAIL"]},
                            "scenario": {"enum": ["complete", "visual_missing", "text_missing", "all"]},
-                           "latency": _LAT, "reason": {"type": "string"}}}},
+                           "latency": _LAT, "reason": {"type": "string"},
+                           "layout": {"enum": ["fused", "ensemble"]}}}},  # triton rows: the repository's layout
         "accuracy": {"type": "object", "required": ["status"],
                      "properties": {"status": {"enum": ["ok", "n/a"]}, "rows": {"type": "array"}}},
         "recommendation": {"type": "object", "required": ["status"],
@@ -165,7 +166,8 @@ def markdown(rep: dict[str, Any]) -> str:
             skipped.append(r)
             continue
         lat = r["latency"]
-        out.append(f"| {r['backend']} | {r['bundle']} | {r['scenario']} | {r.get('batch', 1)} | "
+        backend = f"{r['backend']} ({r['layout']} layout)" if r.get("layout") else r["backend"]
+        out.append(f"| {backend} | {r['bundle']} | {r['scenario']} | {r.get('batch', 1)} | "
                    f"{r.get('concurrency', '-')} | {_f(lat['p50_ms'])} | {_f(lat['p90_ms'])} | {_f(lat['p95_ms'])} | "
                    f"{_f(lat['p99_ms'])} | {_f(lat['throughput_per_s'], 1)} | {lat['runs']} |")
     if skipped:

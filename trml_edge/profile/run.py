@@ -243,14 +243,23 @@ def profile(cfg: ProfileConfig) -> dict[str, Any]:
 
         # --- Triton ---
         if cfg.url:
+            from trml_edge.serving.client import TritonClient
+
+            probe = TritonClient(cfg.url)
+            try:
+                layout = probe.layout()  # which repository layout the server's figures are of
+            finally:
+                probe.close()
+            rep["settings"]["triton_layout"] = layout
             for scenario in SCENARIOS:
                 req = timing.make_requests(scenario, 1, frames, size, cfg.seed)
                 for c in cfg.concurrency:
                     lat = timing.triton_load(cfg.url, req, c, cfg.warmup, cfg.min_time, cfg.min_runs)
                     rep["latency"].append({"backend": "triton", "bundle": cfg.url_bundle, "scenario": scenario,
                                            "batch": 1, "concurrency": c, "status": "OK", "url": cfg.url,
-                                           "latency": lat, "breakdown": "n/a: the graphs run inside the server "
-                                           "(Triton's statistics extension has per-model times)"})
+                                           "layout": layout, "latency": lat,
+                                           "breakdown": "n/a: the graphs run inside the server (Triton's "
+                                           "statistics extension has per-model times)"})
                     bar.step(f"triton {scenario} x{c}")
 
         # --- accuracy and recommendation ---

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trml_edge.errors import BundleError
-from trml_edge.graphs import GRAPH_NAMES
-from trml_edge.versions import require_onnxruntime
+# relative imports: `trml-edge triton build --layout fused` copies the runtime byte for byte beside the router
+from ..errors import BundleError, require_onnxruntime
+from ..graphs import GRAPH_NAMES
 
 require_onnxruntime()  # any distribution of the onnxruntime module will do; none is a one-line fix
 

@@ -19,18 +19,22 @@ from __future__ import annotations
 
 import numpy as np
 
-from trml_edge.errors import RequestError
-from trml_edge.routing import TEXT_MISSING, VIRTUAL_MODALITY, VISUAL_MISSING, check_frames, check_text
-from trml_edge.runtime.prediction import Prediction
-from trml_edge.streaming import StreamState, burst_tail
+from ..errors import RequestError
+from ..routing import TEXT_MISSING, VIRTUAL_MODALITY, VISUAL_MISSING, check_frames, check_text
+from ..streaming import StreamState, burst_tail
+from .prediction import Prediction
 
 
 class Stream:
-    """One stream on a ``Pipeline``. Not thread safe: one stream per caller (streams are cheap)."""
+    """One stream on a ``Pipeline``. Not thread safe: one stream per caller (streams are cheap).
 
-    def __init__(self, pipe):  # a trml_edge.runtime.Pipeline (Pipeline.stream() makes the stream)
+    ``state``: an existing ``StreamState`` to continue (the Triton stream router keeps its streams' states in a
+    ``StreamTable`` and scores each update with this class); a new, empty one by default.
+    """
+
+    def __init__(self, pipe, state: StreamState | None = None):  # pipe: a trml_edge.runtime.Pipeline
         self.pipe = pipe
-        self.state = StreamState(pipe.max_frames)
+        self.state = state if state is not None else StreamState(pipe.max_frames)
 
     @property
     def frames(self) -> int:
@@ -49,11 +53,21 @@ class Stream:
         if frames is None and text is None:
             raise RequestError("push() got neither frames nor text; give new frames (uint8 [k, H, W, 3]), "
                                "a new text, or both")
-        pipe, state = self.pipe, self.state
+        pipe = self.pipe
         if frames is not None:
             frames = check_frames(frames, pipe.limits)[burst_tail(len(frames), pipe.max_frames)]
         if text is not None:
             text = check_text(text, pipe.limits)
+        return self._update(frames, text)
+
+    def score(self) -> Prediction:
+        """The prediction over the window as it is, with nothing new (a stream's closing update)."""
+        if not len(self.state.frames) and self.state.text is None:
+            raise RequestError("the stream has no frames and no text yet; push some before asking for a score")
+        return self._update(None, None)
+
+    def _update(self, frames: np.ndarray | None, text: str | None) -> Prediction:
+        pipe, state = self.pipe, self.state
         scenario = state.scenario(frames is not None, text is not None)
         pipe.trace = []
         new_emb = pipe.run("image_encoder", pixels=pipe.preprocess(frames)) if frames is not None else None  # (k, D)

@@ -2,7 +2,8 @@
 
 ``TritonClient("127.0.0.1:8000")`` speaks HTTP (``grpc://host:8001`` speaks gRPC, ``grpcs://host:8001`` gRPC
 over TLS: ``tls_ca`` is the CA that signed the server's certificate, ``tls_cert``/``tls_key`` the client's own for
-a server that asks for one, ``serve --grpc-tls-client-ca``). It is safe to share between threads: each thread gets its own connection (tritonclient's HTTP client is not thread safe).
+a server that asks for one, ``serve --grpc-tls-client-ca``). It is safe to share between threads: each thread
+gets its own connection (tritonclient's HTTP client is not thread safe).
 A client error from the server (HTTP 400 / gRPC INVALID_ARGUMENT) raises ``RequestError``; a model that is
 down or reloading (HTTP 503 / gRPC UNAVAILABLE, or Triton's 500 naming a dead Python-backend process, which
 the server's supervisor is about to reload) raises ``ServingUnavailableError``, which is retryable; any
@@ -131,6 +132,21 @@ class TritonClient:
         out = res.as_numpy("OUTPUT")[0]  # (C,)
         return ClientResult(out[0] if out.shape == (1,) else out,
                             virtual.decode("utf-8") if isinstance(virtual, bytes) else str(virtual))
+
+    def layout(self) -> str:
+        """The served repository's layout, from the router's config (an open API): "fused" or "ensemble" (a
+        repository built before layouts existed is an ensemble one)."""
+        _, exc = _lib(self.protocol)
+        try:
+            cfg = self._client().get_model_config(self.model)
+        except exc as e:
+            raise error_from(e) from None
+        params = cfg["parameters"] if isinstance(cfg, dict) else cfg.config.parameters  # http: dict; grpc: protobuf
+        value = params.get("layout") if isinstance(params, dict) else (params["layout"] if "layout" in params
+                                                                       else None)
+        if value is None:
+            return "ensemble"
+        return value["string_value"] if isinstance(value, dict) else value.string_value
 
     def close(self) -> None:
         with self._lock:

@@ -6,6 +6,7 @@ modules, copied byte for byte, and the shared BLS module).
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -16,7 +17,12 @@ from trml_edge.graphs import GRAPHS, PROFILES
 CORE_PACKAGE = "trml_core"
 # The package's leaf modules every router needs: numpy + standard library + each other (relative imports) only.
 CORE_MODULES = ("errors", "graphs", "preprocess", "routing", "tokenizer")
-BLS_MODULE = "trml_bls.py"  # triton_models/common/: the BLS calls every router makes
+# What a fused-layout router adds: the torch-free runtime (numpy + onnxruntime, relative imports), which runs the
+# graphs in the router's process; "runtime" is the subpackage's __init__.py.
+RUNTIME_MODULES = ("streaming", "runtime", "runtime.bundle", "runtime.pipeline", "runtime.prediction", "runtime.stream")
+RESPOND_MODULE = "trml_respond.py"  # triton_models/common/: what every router answers (errors, outputs, metrics)
+BLS_MODULE = "trml_bls.py"  # triton_models/common/: the BLS calls of the ensemble layout's routers
+BUNDLE_DIR = "bundle"  # the fused layout's copy of the bundle, in each router's version folder
 TRITON_DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64", "int32": "TYPE_INT32",
                  "bool": "TYPE_BOOL", "uint8": "TYPE_UINT8"}
 
@@ -104,27 +110,45 @@ def templates_dir() -> Path:
 
 
 def core_sources(extra: tuple[str, ...] = ()) -> dict[str, Path]:
-    """Module name -> the package file that a router's ``trml_core/`` copy must equal byte for byte."""
+    """Module name ("errors", "runtime.bundle", "runtime" for runtime/__init__.py) -> the package file that a
+    router's ``trml_core/`` copy must equal byte for byte."""
     pkg = Path(trml_edge.__file__).resolve().parent
-    return {m: pkg / f"{m}.py" for m in (*CORE_MODULES, *extra)}
+    out = {}
+    for m in dict.fromkeys((*CORE_MODULES, *extra)):
+        path = pkg.joinpath(*m.split("."))
+        out[m] = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+    return out
 
 
-def copy_router_code(version: Path, router: str, extra: tuple[str, ...] = (), listed_in: str = "router.json"
-                     ) -> dict[str, str]:
-    """A router's code into its version folder: its ``model.py``, the shared BLS module and the byte-identical
-    ``trml_core/`` copies. Returns each copied module's sha256."""
+def core_path(module: str) -> Path:
+    """Where ``module``'s copy goes under a router's version folder."""
+    parts = module.split(".")
+    pkg = Path(trml_edge.__file__).resolve().parent.joinpath(*parts)
+    return Path(CORE_PACKAGE, *parts, "__init__.py") if pkg.is_dir() else Path(CORE_PACKAGE, *parts[:-1],
+                                                                               f"{parts[-1]}.py")
+
+
+def copy_router_code(version: Path, router: str, extra: tuple[str, ...] = (), listed_in: str = "router.json",
+                     bls: bool = True) -> dict[str, str]:
+    """A router's code into its version folder: its ``model.py``, the shared ``trml_respond.py``, the BLS module
+    (``bls``: the ensemble layout) and the byte-identical ``trml_core/`` copies of the package's modules.
+    Returns each copied module's sha256."""
     from trml_edge.runtime.bundle import sha256_file
 
     templates = templates_dir()
     (version / CORE_PACKAGE).mkdir(parents=True)
     shutil.copyfile(templates / router / "model.py", version / "model.py")
-    shutil.copyfile(templates / "common" / BLS_MODULE, version / BLS_MODULE)
+    shutil.copyfile(templates / "common" / RESPOND_MODULE, version / RESPOND_MODULE)
+    if bls:
+        shutil.copyfile(templates / "common" / BLS_MODULE, version / BLS_MODULE)
     copies = {}
     for module, src in core_sources(extra).items():
-        shutil.copyfile(src, version / CORE_PACKAGE / src.name)
+        dest = version / core_path(module)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dest)
         copies[module] = sha256_file(src)
     (version / CORE_PACKAGE / "__init__.py").write_text(
-        '"""Byte-identical copies of trml_edge\'s torch-free leaf modules, made by `trml-edge triton build`.\n\n'
+        '"""Byte-identical copies of trml_edge\'s torch-free modules, made by `trml-edge triton build`.\n\n'
         f'Do not edit: regenerate the repository instead ({listed_in} lists each file\'s sha256)."""\n',
         encoding="utf-8")
     return copies
@@ -147,3 +171,22 @@ def add_router_io(c, classes: int, ragged: bool) -> None:
     virtual = c.output.add()
     virtual.name, virtual.data_type = "VIRTUAL_MODALITY", mc.TYPE_STRING
     virtual.dims.append(1)
+
+
+def copy_bundle(bundle, dest: Path, link_from: Path | None = None) -> None:
+    """The bundle's manifest, graphs and tokenizer into ``dest``, as a bundle the runtime loads (and hash-checks).
+    ``link_from``: an identical copy already in the repository, hard-linked instead of copied where the
+    filesystem allows (the stream router's, so two routers do not double the repository's size)."""
+    from trml_edge.runtime.bundle import MANIFEST
+
+    files = [MANIFEST, bundle.manifest["tokenizer"]["file"], *(e["file"] for e in bundle.graphs.values())]
+    for rel in files:
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if link_from is not None:
+            try:
+                os.link(link_from / rel, target)
+                continue
+            except OSError:  # no hard links here (another filesystem type): a copy is the same bytes
+                pass
+        shutil.copyfile(bundle.root / rel, target)

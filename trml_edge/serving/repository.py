@@ -1,11 +1,25 @@
-"""``trml-edge triton build``: a Triton model repository generated from an export bundle.
+"""``trml-edge triton build``: a Triton model repository generated from an export bundle, in one of two layouts.
 
-::
+**fused** (the default for ``--backend python``: a Triton whose only backend is Python, the one a CPU box
+runs). Every Python-backend step is a process round trip (+2.3 to +5.2 ms a request with graphs that compute
+nothing, docs/serving.md), so the routers run the bundle's graphs with ONNX Runtime in their own process::
 
     REPO/
-      trml/config.pbtxt              the BLS router: TEXT, FRAMES optional -> OUTPUT, VIRTUAL_MODALITY
+      trml/config.pbtxt              the router: TEXT, FRAMES optional -> OUTPUT, VIRTUAL_MODALITY
       trml/1/model.py                triton_models/trml/model.py
-      trml/1/trml_bls.py             triton_models/common/trml_bls.py: the router's BLS calls
+      trml/1/trml_respond.py         triton_models/common/trml_respond.py: error statuses, outputs, metrics
+      trml/1/trml_core/*.py          byte-identical copies of the package's torch-free modules, the runtime too
+      trml/1/router.json             layout, graph chunk limits, ORT threads, preprocessing, the bundle's identity
+      trml/1/bundle/                 the export bundle's graphs, manifest and tokenizer (sha256 checked at load)
+      trml_stream/...                the stream router, likewise (its bundle/ hard-linked to trml's)
+
+**ensemble** (the default for ``--backend onnxruntime|tensorrt``, where Triton runs the graph steps natively
+in its own process, and a GPU keeps the embeddings on the device)::
+
+    REPO/
+      trml/config.pbtxt              the BLS router
+      trml/1/model.py                triton_models/trml/model.py
+      trml/1/trml_respond.py, trml_bls.py    what it answers; its BLS calls
       trml/1/trml_core/*.py          byte-identical copies of the package's torch-free leaf modules
       trml/1/router.json             the models it calls, preprocessing, tokenizer, the bundle's identity
       trml/1/bundle_manifest.json    the bundle's manifest, so a served model traces back to its export
@@ -16,10 +30,11 @@
       trml_visual_missing/...        (platform "ensemble", an empty version folder)
       trml_text_missing/...
 
-Every ``config.pbtxt`` is built as Triton's own ``ModelConfig`` protobuf from the I/O declaration in
-``trml_edge.graphs``, the routes in ``trml_edge.routing`` and the bundle's manifest (dims, TensorRT
-profiles); no name, dtype or dim is typed here a second time. The ensembles are wired by tensor name: a
-graph's input is fed by the graph output of the same name, and a generator's ``x_hat`` stands in for ``x``.
+Either way the graphs are the bundle's separate ONNX files, exported, quantized and parity-gated one by one;
+only where they run differs. Every ``config.pbtxt`` is built as Triton's own ``ModelConfig`` protobuf from the
+I/O declaration in ``trml_edge.graphs``, the routes in ``trml_edge.routing`` and the bundle's manifest (dims,
+TensorRT profiles); no name, dtype or dim is typed here a second time. The ensembles are wired by tensor name:
+a graph's input is fed by the graph output of the same name, and a generator's ``x_hat`` stands in for ``x``.
 The repository is assembled in a hidden directory beside ``out`` and renamed into place.
 """
 
@@ -38,10 +53,12 @@ from trml_edge.config import publish_dir
 from trml_edge.errors import ConfigError, ServingError
 from trml_edge.graphs import GRAPH_NAMES, GRAPHS, PROFILES, GraphSpec
 from trml_edge.routing import ROUTES, SCENARIOS, RequestLimits
-from trml_edge.serving.configs import (TRITON_DTYPES, add_router_io, copy_router_code, ensemble_batch, ensemble_io,
-                                       protobuf, templates_dir, triton_dims, write_config, write_ensemble)
+from trml_edge.serving.configs import (BUNDLE_DIR, RUNTIME_MODULES, TRITON_DTYPES, add_router_io, copy_bundle,
+                                       copy_router_code, ensemble_batch, ensemble_io, protobuf, templates_dir,
+                                       triton_dims, write_config, write_ensemble)
 
 BACKENDS = ("onnxruntime", "tensorrt", "python")
+LAYOUTS = ("fused", "ensemble")
 ROUTER = "trml"
 ROUTER_FILE = "router.json"
 ENSEMBLES = {s: f"{ROUTER}_{s}" for s in SCENARIOS}  # scenario -> its ensemble model
@@ -77,16 +94,35 @@ class RepoConfig:
     bundle: str  # export bundle directory
     out: str  # repository directory to create
     backend: str = "python"  # onnxruntime | tensorrt | python: how the per-graph models run
-    graphs: ModelSettings = field(default_factory=ModelSettings)  # every per-graph model
+    layout: str | None = None  # fused | ensemble; None: fused for the python backend, ensemble for the native ones
+    graphs: ModelSettings = field(default_factory=ModelSettings)  # every per-graph model (fused: max_batch_size only)
     router: ModelSettings = field(default_factory=lambda: ModelSettings(max_batch_size=8))
     limits: RequestLimits = field(default_factory=RequestLimits)  # what one request may carry
-    intra_op_threads: int = 0  # python backend: ORT threads per graph model (0 = ORT's default)
+    intra_op_threads: int = 0  # python backend: ORT threads per graph session (0 = ORT's default: every core)
     force: bool = False  # replace an existing repository
     stream: Any = None  # serving/stream_repo.py StreamSettings of the trml_stream router (None: its defaults)
+
+    @property
+    def resolved_layout(self) -> str:
+        return self.layout or ("fused" if self.backend == "python" else "ensemble")
 
     def validate(self) -> None:
         if self.backend not in BACKENDS:
             raise ConfigError(f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
+        if self.layout is not None and self.layout not in LAYOUTS:
+            raise ConfigError(f"unknown layout {self.layout!r}; choose fused or ensemble")
+        if self.resolved_layout == "fused":
+            if self.backend != "python":
+                raise ConfigError(f"--layout fused runs the graphs with ONNX Runtime inside the Python-backend router, "
+                                  f"so it cannot use --backend {self.backend}, whose Triton backend runs each graph "
+                                  "natively in Triton's own process: use --layout ensemble with it (the default), or "
+                                  "--backend python for the fused layout")
+            g, default = self.graphs, ModelSettings()
+            if (g.instances, g.kind, g.max_queue_delay_us) != (default.instances, default.kind,
+                                                                default.max_queue_delay_us):
+                raise ConfigError("the fused layout has no per-graph models, so --instances, --kind and "
+                                  "--max-queue-delay-us have nothing to set: use --router-instances and "
+                                  "--router-queue-delay-us, or --layout ensemble")
         self.graphs.validate("graph models")
         self.router.validate("router")
         if self.router.kind == "gpu":
@@ -132,6 +168,10 @@ def graph_config(spec: GraphSpec, entry: dict[str, Any], dims: dict[str, int], c
         c.parameters["graph_optimization_level"].string_value = ort_level  # as the edge runtime's session
     _batch_axis(spec)
     profile_max = _profile_max(entry, spec)
+    if cfg.backend == "tensorrt" and s.max_batch_size == 0:
+        raise ConfigError(f"--max-batch 0 (no batching) with TensorRT would send {spec.name} all the rows of a batch "
+                          f"of requests in one call, which can exceed the {profile_max} its engine's optimization "
+                          f"profile takes and fail those requests; use --max-batch {profile_max} or less")
     if cfg.backend == "tensorrt" and s.max_batch_size is not None and s.max_batch_size > profile_max:
         raise ConfigError(f"--max-batch {s.max_batch_size} is above the batch size {profile_max} that {spec.name}'s "
                           "TensorRT engine was built for (its optimization profile), and Triton would refuse the "
@@ -154,7 +194,7 @@ def graph_config(spec: GraphSpec, entry: dict[str, Any], dims: dict[str, int], c
 
 
 def router_config(dims: dict[str, int], cfg: RepoConfig, manifest_sha: str):
-    """Triton's ModelConfig for the ``trml`` BLS router."""
+    """Triton's ModelConfig for the ``trml`` router."""
     mc, _ = protobuf()
     s = cfg.router
     c = mc.ModelConfig(name=ROUTER, backend="python", max_batch_size=s.max_batch_size or 0)
@@ -165,7 +205,7 @@ def router_config(dims: dict[str, int], cfg: RepoConfig, manifest_sha: str):
     group.count, group.kind = s.instances, mc.ModelInstanceGroup.KIND_CPU
     params = {"max_frames_per_request": cfg.limits.max_frames, "max_frame_side": cfg.limits.max_frame_side,
               "max_text_bytes": cfg.limits.max_text_bytes,
-              "bundle_manifest_sha256": manifest_sha}
+              "bundle_manifest_sha256": manifest_sha, "layout": cfg.resolved_layout}
     for k, v in params.items():
         c.parameters[k].string_value = str(v)
     return c
@@ -190,11 +230,55 @@ def _model_file(bundle, graph: str, backend: str) -> tuple[Path, str]:
 
 
 def _plan_versions(bundle) -> dict[str, dict[str, Any]]:
-    """Per graph: the TensorRT version its plan was built with, and whether it is version-compatible."""
+    """Per graph: the TensorRT version its plan was built with and the GPU architecture it was built for (``sm87``),
+    both of which ``serve`` checks (serving/plans.py)."""
     engines = bundle.manifest.get("engines") or {}
-    return {g: {"version": str(e.get("tensorrt", "")),
-                "version_compatible": bool((e.get("build_flags") or {}).get("version_compatible", False))}
+    return {g: {"version": str(e.get("tensorrt", "")), "compute_capability": e.get("compute_capability")}
             for g, e in engines.items()}
+
+
+def fused_graph_limits(bundle, cfg: RepoConfig) -> dict[str, int]:
+    """Per graph, the most rows the fused router gives one session run: ``--max-batch`` if set, else the bundle's
+    profile max of the batch axis (0: no limit)."""
+    return {g: int(cfg.graphs.max_batch_size if cfg.graphs.max_batch_size is not None
+                   else _profile_max(bundle.graphs[g], GRAPHS[g])) for g in GRAPH_NAMES}
+
+
+def _router_record(cfg: RepoConfig, bundle, manifest_sha: str, copies: dict[str, str]) -> dict[str, Any]:
+    """What both layouts' ``router.json`` hold: the layout, the bundle's identity, task, preprocessing, limits."""
+    manifest = bundle.manifest
+    tok = manifest["tokenizer"]
+    return {
+        "format": "trml-edge-triton-router", "format_version": 1,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "trml_edge": trml_edge.__version__, "layout": cfg.resolved_layout, "backend": cfg.backend,
+        "bundle": {"path": str(bundle.root.resolve()), "manifest_sha256": manifest_sha,
+                   "recipe": manifest.get("recipe"), "created": manifest.get("created"),
+                   "precision": {g: e["precision"] for g, e in bundle.graphs.items()}},
+        "task": manifest["model"]["task"], "dims": manifest["model"]["dims"], "preprocess": manifest["preprocess"],
+        "tokenizer": {"file": tok["file"], "sha256": tok["sha256"], "context_length": tok["context_length"]},
+        "limits": asdict(cfg.limits), "core_modules": copies,
+    }
+
+
+def _graph_models(tmp: Path, bundle, cfg: RepoConfig) -> dict[str, int]:
+    """The ensemble layout's model per graph and ensemble per scenario; each graph's max batch."""
+    dims = bundle.manifest["model"]["dims"]
+    graph_max = {}
+    for name in GRAPH_NAMES:
+        spec, entry = GRAPHS[name], bundle.graphs[name]
+        src, filename = _model_file(bundle, name, cfg.backend)
+        version = tmp / name / "1"
+        version.mkdir(parents=True)
+        shutil.copyfile(src, version / filename)
+        if cfg.backend == "python":
+            shutil.copyfile(templates_dir() / "graph_python" / "model.py", version / "model.py")
+        config = graph_config(spec, entry, dims, cfg, bundle.ort_level(name))
+        graph_max[name] = config.max_batch_size
+        write_config(config, tmp / name / "config.pbtxt")
+    for scenario, name in ENSEMBLES.items():
+        write_ensemble(tmp, name, ensemble_steps(scenario), dims, graph_max)
+    return graph_max
 
 
 def build_repository(cfg: RepoConfig) -> Path:
@@ -206,63 +290,48 @@ def build_repository(cfg: RepoConfig) -> Path:
     if out.exists() and not cfg.force:
         raise ServingError(f"{out} already exists; choose another --out or pass --force to replace it")
     bundle = load_bundle(cfg.bundle)  # every sha256 checked before anything is copied
-    templates = templates_dir()
     manifest = bundle.manifest
     dims = manifest["model"]["dims"]
     missing = set(GRAPH_NAMES) - set(bundle.graphs)
     if missing:
         raise ServingError(f"bundle {bundle.root} lacks graphs {sorted(missing)}; re-export it")
     manifest_sha = sha256_file(bundle.root / MANIFEST)
+    fused = cfg.resolved_layout == "fused"
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        graph_max = {}
-        for name in GRAPH_NAMES:
-            spec, entry = GRAPHS[name], bundle.graphs[name]
-            src, filename = _model_file(bundle, name, cfg.backend)
-            version = tmp / name / "1"
-            version.mkdir(parents=True)
-            shutil.copyfile(src, version / filename)
-            if cfg.backend == "python":
-                shutil.copyfile(templates / "graph_python" / "model.py", version / "model.py")
-            config = graph_config(spec, entry, dims, cfg, bundle.ort_level(name))
-            graph_max[name] = config.max_batch_size
-            write_config(config, tmp / name / "config.pbtxt")
-
-        for scenario, name in ENSEMBLES.items():
-            write_ensemble(tmp, name, ensemble_steps(scenario), dims, graph_max)
-
         version = tmp / ROUTER / "1"
-        copies = copy_router_code(version, ROUTER, listed_in=ROUTER_FILE)
-        tok = manifest["tokenizer"]
-        (version / Path(tok["file"]).parent).mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(bundle.root / tok["file"], version / tok["file"])
-        shutil.copyfile(bundle.root / MANIFEST, version / "bundle_manifest.json")
-        router = {
-            "format": "trml-edge-triton-router", "format_version": 1,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "trml_edge": trml_edge.__version__, "backend": cfg.backend,
-            "bundle": {"path": str(bundle.root.resolve()), "manifest_sha256": manifest_sha,
-                       "recipe": manifest.get("recipe"), "created": manifest.get("created"),
-                       "precision": {g: e["precision"] for g, e in bundle.graphs.items()}},
-            "task": manifest["model"]["task"], "dims": dims, "preprocess": manifest["preprocess"],
-            "tokenizer": {"file": tok["file"], "sha256": tok["sha256"], "context_length": tok["context_length"]},
-            "graph_models": {g: g for g in GRAPH_NAMES}, "graph_max_batch": graph_max,
-            "image_encoder": {"model": "image_encoder", "input": GRAPHS["image_encoder"].inputs[0].name,
-                              "output": GRAPHS["image_encoder"].outputs[0].name,
-                              "max_batch": graph_max["image_encoder"]},
-            "ensembles": {s: {"model": ENSEMBLES[s], "inputs": [t.name for t in ensemble_io(ensemble_steps(s))[0]],
-                              "output": ensemble_io(ensemble_steps(s))[1][0].name,
-                              "max_batch": ensemble_batch(ensemble_steps(s), graph_max),
-                              "steps": list(ensemble_steps(s))} for s in SCENARIOS},
-            "tensorrt": _plan_versions(bundle) if cfg.backend == "tensorrt" else {},
-            "limits": asdict(cfg.limits), "core_modules": copies,
-        }
+        if fused:
+            graph_max = fused_graph_limits(bundle, cfg)
+            copies = copy_router_code(version, ROUTER, RUNTIME_MODULES, listed_in=ROUTER_FILE, bls=False)
+            copy_bundle(bundle, version / BUNDLE_DIR)
+            router = {**_router_record(cfg, bundle, manifest_sha, copies), "bundle_dir": BUNDLE_DIR,
+                      "threads": cfg.intra_op_threads, "graph_max_batch": graph_max}
+        else:
+            graph_max = _graph_models(tmp, bundle, cfg)
+            copies = copy_router_code(version, ROUTER, listed_in=ROUTER_FILE)
+            tok = manifest["tokenizer"]
+            (version / Path(tok["file"]).parent).mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(bundle.root / tok["file"], version / tok["file"])
+            shutil.copyfile(bundle.root / MANIFEST, version / "bundle_manifest.json")
+            router = {
+                **_router_record(cfg, bundle, manifest_sha, copies),
+                "graph_models": {g: g for g in GRAPH_NAMES}, "graph_max_batch": graph_max,
+                "image_encoder": {"model": "image_encoder", "input": GRAPHS["image_encoder"].inputs[0].name,
+                                  "output": GRAPHS["image_encoder"].outputs[0].name,
+                                  "max_batch": graph_max["image_encoder"]},
+                "ensembles": {s: {"model": ENSEMBLES[s],
+                                  "inputs": [t.name for t in ensemble_io(ensemble_steps(s))[0]],
+                                  "output": ensemble_io(ensemble_steps(s))[1][0].name,
+                                  "max_batch": ensemble_batch(ensemble_steps(s), graph_max),
+                                  "steps": list(ensemble_steps(s))} for s in SCENARIOS},
+                "tensorrt": _plan_versions(bundle) if cfg.backend == "tensorrt" else {},
+            }
         (version / ROUTER_FILE).write_text(json.dumps(router, indent=2) + "\n", encoding="utf-8")
         write_config(router_config(dims, cfg, manifest_sha), tmp / ROUTER / "config.pbtxt")
-        from trml_edge.serving.stream_repo import add_stream_router  # the stateful stream router (issue 19)
+        from trml_edge.serving.stream_repo import add_stream_router  # the stateful stream router
 
-        add_stream_router(tmp, cfg, bundle, graph_max)
+        add_stream_router(tmp, cfg, bundle, graph_max, version / BUNDLE_DIR if fused else None)
         publish_dir(tmp, out, cfg.force, ServingError, "repository")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -214,6 +214,13 @@ class TritonServer:
             raise ServingError(f"tritonserver answered {status} to the repository index: {body[:200]!r}")
         return json.loads(body)
 
+    def layout(self) -> str:
+        """The layout of the repository served (``router.json``): fused, ensemble, or unknown."""
+        try:
+            return json.loads((self.repo / "trml" / "1" / "router.json").read_text()).get("layout", "ensemble")
+        except (OSError, ValueError):
+            return "unknown"
+
     def request(self, path: str, data: bytes | None = None, timeout: float = 2.0) -> tuple[int, bytes]:
         """One HTTP call to the server, with this run's admin secret: (status, body)."""
         return _get(f"http://{self.url}{path}", data=data, timeout=timeout, headers=self.admin_headers())
@@ -280,72 +287,3 @@ def _group_alive(pgid: int) -> bool:
         return False
     except PermissionError:
         return True
-
-
-# Where a TensorRT runtime library lives on the targets: Triton's NGC container and JetPack install it in the
-# system library folder (``libnvinfer.so.<major>.<minor>.<patch>``); a pip-installed one is on LD_LIBRARY_PATH.
-_LIB_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/local/tensorrt/lib", "/usr/lib")
-
-
-def server_tensorrt_version(backends: Path) -> str | None:
-    """The TensorRT version the server's tensorrt backend loads (from the libnvinfer file name), or None."""
-    dirs = [backends / "tensorrt"]
-    dirs += [Path(p) for p in os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p]
-    dirs += [Path(p) for p in _LIB_DIRS]
-    for d in dirs:
-        found = sorted(d.glob("libnvinfer.so.*.*.*")) if d.is_dir() else []
-        for lib in found:
-            m = re.fullmatch(r"libnvinfer\.so\.(\d+\.\d+\.\d+)(?:\.\d+)*", lib.name)
-            if m:
-                return m.group(1)
-    return None
-
-
-def plan_loads(plan_version: str, server_version: str, version_compatible: bool) -> bool:
-    """Whether a plan built by TensorRT ``plan_version`` deserializes on ``server_version``.
-
-    A plan is tied to the exact TensorRT version that built it (TensorRT developer guide, "Engine
-    compatibility"); one built with the VERSION_COMPATIBLE flag loads on the same or a later version of the
-    same major release.
-    """
-    p, s = plan_version.split(".")[:3], server_version.split(".")[:3]
-    if version_compatible:
-        return p[0] == s[0] and [int(x) for x in s] >= [int(x) for x in p]
-    return p == s
-
-
-def check_plan_versions(repo: str | Path, tritonserver: str | Path | None = None,
-                        backend_directory: str | Path | None = None, log=None) -> str | None:
-    """Refuse a TensorRT repository whose plans the server's TensorRT cannot load; returns the server's version.
-
-    The repository records each plan's TensorRT version (``trml/1/router.json``, from the bundle's manifest).
-    """
-    router = Path(repo) / "trml" / "1" / "router.json"
-    try:
-        plans = json.loads(router.read_text()).get("tensorrt") or {}
-    except (OSError, ValueError):
-        return None  # not a trml repository, or not readable: TritonServer says so when it starts
-    if not plans:
-        return None
-    if tritonserver is None:
-        raise ServingError(f"{repo} holds TensorRT plans, and the tritonserver bundled by nvidia-pytriton has no "
-                           "tensorrt backend; pass --tritonserver PATH (JetPack: /opt/tritonserver/bin/tritonserver, "
-                           "or the NGC Triton container's), or build a --backend python|onnxruntime repository")
-    binary = Path(tritonserver)
-    backends = Path(backend_directory) if backend_directory else binary.resolve().parents[1] / "backends"
-    if not (backends / "tensorrt").is_dir():
-        raise ServingError(f"the server's backends ({backends}) have no tensorrt backend for the plans in {repo}; "
-                           "use a Triton build with it, or a --backend python|onnxruntime repository")
-    server = server_tensorrt_version(backends)
-    if server is None:
-        (log or (lambda line: None))(f"could not tell the server's TensorRT version (no libnvinfer.so.X.Y.Z found); "
-                                    f"the plans were built with {sorted({p['version'] for p in plans.values()})}")
-        return None
-    bad = {g: p["version"] for g, p in plans.items()
-           if not plan_loads(p["version"], server, bool(p.get("version_compatible")))}
-    if bad:
-        built = ", ".join(f"{g} with {v}" for g, v in sorted(bad.items()))
-        raise ServingError(f"TensorRT version mismatch: the plans were built with TensorRT {built}, the server loads "
-                           f"TensorRT {server}; rebuild the engines on this machine with `trml-edge build-engines "
-                           "BUNDLE` using the server's TensorRT, then run triton build again")
-    return server

@@ -4,9 +4,17 @@
 
     REPO/trml_stream/config.pbtxt          sequence_batching (oldest), START/END/CORRID controls, idle timeout
     REPO/trml_stream/1/model.py            triton_models/trml_stream/model.py
+    REPO/trml_stream/1/trml_respond.py     triton_models/common/trml_respond.py: statuses, outputs, metrics
+    REPO/trml_stream/1/trml_core/*.py      byte-identical copies of the package's torch-free modules
+    REPO/trml_stream/1/stream.json         layout, graphs, preprocessing, tokenizer, the bundle's identity
+
+fused layout (the graphs run in the router's process, with the package's runtime copied into ``trml_core``)::
+
+    REPO/trml_stream/1/bundle/             the bundle, hard-linked to the trml router's copy
+
+ensemble layout::
+
     REPO/trml_stream/1/trml_bls.py         triton_models/common/trml_bls.py: the BLS calls of both routers
-    REPO/trml_stream/1/trml_core/*.py      byte-identical copies of the package's torch-free leaf modules
-    REPO/trml_stream/1/stream.json         graph models, preprocessing, tokenizer, the bundle's identity
     REPO/trml_stream/1/assets/...          the tokenizer vocabulary
     REPO/trml_stream_complete/             ensemble: window embeddings + t -> temporal_encoder -> fusion_head
     REPO/trml_stream_text_missing/         ensemble: window embeddings -> temporal_encoder -> gen_visual_to_text
@@ -21,8 +29,8 @@ embeddings) and batches updates of different streams together, without the "dire
 candidate table is sized above the router's bound (``max_candidate_sequences``), so a stream over the bound
 reaches the router and is refused at once instead of waiting in Triton's backlog.
 
-Why two ensembles: an update with new frames needs the temporal encoder, then (text missing) the generator,
-then the head, a fixed chain; one ensemble call instead of two or three BLS hops (each about a millisecond
+Why two ensembles (ensemble layout): an update with new frames needs the temporal encoder, then (text missing) the
+generator, then the head, a fixed chain; one ensemble call instead of two or three BLS hops (each about a millisecond
 through the Python backend, docs/serving.md). The image encoder stays a BLS call of its own (its batch axis is
 frames, not streams), and the ensembles also return ``v``, the window's visual embedding, which the router keeps
 so that a text-only update runs the head alone.
@@ -39,8 +47,8 @@ from pathlib import Path
 import trml_edge
 from trml_edge.errors import ConfigError
 from trml_edge.graphs import GRAPH_NAMES
-from trml_edge.serving.configs import (add_router_io, copy_router_code, ensemble_batch, ensemble_io, protobuf,
-                                       write_config, write_ensemble)
+from trml_edge.serving.configs import (BUNDLE_DIR, RUNTIME_MODULES, add_router_io, copy_bundle, copy_router_code,
+                                       ensemble_batch, ensemble_io, protobuf, write_config, write_ensemble)
 
 STREAM_ROUTER = "trml_stream"
 STREAM_FILE = "stream.json"
@@ -104,7 +112,7 @@ def stream_config(dims: dict[str, int], cfg, settings: StreamSettings, manifest_
     group.count, group.kind = settings.instances, mc.ModelInstanceGroup.KIND_CPU
     params = {"max_streams": settings.max_streams, "max_frames_per_request": cfg.limits.max_frames,
               "max_frame_side": cfg.limits.max_frame_side, "max_text_bytes": cfg.limits.max_text_bytes,
-              "bundle_manifest_sha256": manifest_sha}
+              "bundle_manifest_sha256": manifest_sha, "layout": cfg.resolved_layout}
     for k, v in params.items():
         c.parameters[k].string_value = str(v)
     return c
@@ -115,36 +123,47 @@ def stream_ensemble_io(steps: tuple[str, ...]) -> tuple[list, list]:
     return ensemble_io(steps, (KEEP,))
 
 
-def add_stream_router(tmp: Path, cfg, bundle, graph_max: dict[str, int]) -> None:
-    """Write ``trml_stream`` into the repository being assembled at ``tmp`` (graph models already there)."""
+def add_stream_router(tmp: Path, cfg, bundle, graph_max: dict[str, int], router_bundle: Path | None = None) -> None:
+    """Write ``trml_stream`` into the repository being assembled at ``tmp`` (graph models already there).
+    ``graph_max``: each graph's max batch (fused: its chunk limit); ``router_bundle``: the fused ``trml`` router's
+    bundle copy, hard-linked rather than copied a second time."""
     from trml_edge.runtime.bundle import MANIFEST, sha256_file
 
     settings = getattr(cfg, "stream", None) or StreamSettings()
     if not settings.enabled:
         return
     settings.validate()
+    fused = cfg.resolved_layout == "fused"
     version = tmp / STREAM_ROUTER / "1"
-    copies = copy_router_code(version, STREAM_ROUTER, STREAM_CORE, listed_in=STREAM_FILE)
+    copies = copy_router_code(version, STREAM_ROUTER, (*STREAM_CORE, *RUNTIME_MODULES) if fused else STREAM_CORE,
+                              listed_in=STREAM_FILE, bls=not fused)
     manifest = bundle.manifest
     tok = manifest["tokenizer"]
-    (version / Path(tok["file"]).parent).mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(bundle.root / tok["file"], version / tok["file"])
     manifest_sha = sha256_file(bundle.root / MANIFEST)
     conf = {
         "format": "trml-edge-triton-stream-router", "format_version": 1,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "trml_edge": trml_edge.__version__,
+        "layout": cfg.resolved_layout,
         "bundle": {"path": str(bundle.root.resolve()), "manifest_sha256": manifest_sha},
         "task": manifest["model"]["task"], "dims": manifest["model"]["dims"], "preprocess": manifest["preprocess"],
         "tokenizer": {"file": tok["file"], "sha256": tok["sha256"], "context_length": tok["context_length"]},
-        "graph_models": {g: g for g in GRAPH_NAMES}, "graph_max_batch": {g: int(graph_max[g]) for g in GRAPH_NAMES},
-        "ensembles": {s: {"model": name, "inputs": [t.name for t in stream_ensemble_io(steps)[0]],
-                          "outputs": [t.name for t in stream_ensemble_io(steps)[1]],
-                          "max_batch": ensemble_batch(steps, graph_max)}
-                      for s, (name, steps) in STREAM_ENSEMBLES.items()},
+        "graph_max_batch": {g: int(graph_max[g]) for g in GRAPH_NAMES},
         "stream": asdict(settings), "core_modules": copies,
     }
+    if fused:
+        copy_bundle(bundle, version / BUNDLE_DIR, link_from=router_bundle)
+        conf.update(bundle_dir=BUNDLE_DIR, threads=cfg.intra_op_threads)
+    else:
+        (version / Path(tok["file"]).parent).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(bundle.root / tok["file"], version / tok["file"])
+        conf.update(graph_models={g: g for g in GRAPH_NAMES},
+                    ensembles={s: {"model": name, "inputs": [t.name for t in stream_ensemble_io(steps)[0]],
+                                   "outputs": [t.name for t in stream_ensemble_io(steps)[1]],
+                                   "max_batch": ensemble_batch(steps, graph_max)}
+                               for s, (name, steps) in STREAM_ENSEMBLES.items()})
     (version / STREAM_FILE).write_text(json.dumps(conf, indent=2) + "\n", encoding="utf-8")
     write_config(stream_config(manifest["model"]["dims"], cfg, settings, manifest_sha),
                  tmp / STREAM_ROUTER / "config.pbtxt")
-    for name, steps in STREAM_ENSEMBLES.values():
-        write_ensemble(tmp, name, steps, manifest["model"]["dims"], graph_max, (KEEP,))
+    if not fused:
+        for name, steps in STREAM_ENSEMBLES.values():
+            write_ensemble(tmp, name, steps, manifest["model"]["dims"], graph_max, (KEEP,))

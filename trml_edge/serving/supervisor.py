@@ -13,7 +13,9 @@ still answer 200. The supervisor closes that gap from outside, through Triton's 
 3. it loads the model again (``.../load``), which starts fresh stubs; a plain ``load`` of a model that is
    still marked loaded is a no-op in 2.51 (measured), hence the unload first.
 
-Healthy models are not touched. Each detection and reload is one line through ``log``.
+Healthy models are not touched. A stub that ends because its model was unloaded through the repository API (by
+the holder of the admin token) is not a death: its model is no longer READY in the repository index, and the
+supervisor leaves it unloaded. Each detection and reload is one line through ``log``.
 """
 
 from __future__ import annotations
@@ -133,6 +135,11 @@ class Supervisor:
                 continue
             for model in dict.fromkeys(s.model for s in dead):
                 pids = ", ".join(f"{s.instance} pid {s.pid}" for s in dead if s.model == model)
+                if self.state(model) not in ("READY", None):  # unloaded on purpose, through the repository API
+                    self.log(f"model {model}: its stub process ended with an unload through the repository API; "
+                             "not reloading it")
+                    self.events.append({"event": "unloaded", "model": model, "time": time.time()})
+                    continue
                 t0 = time.monotonic()
                 self.log(f"model {model}: its stub process died ({pids}); reloading it")
                 self.events.append({"event": "detected", "model": model, "time": time.time()})
@@ -143,6 +150,18 @@ class Supervisor:
                 self.log(f"model {model}: reloaded in {took:.2f} s" if ok else
                          f"model {model}: reload failed after {took:.2f} s: {why}")
             self._watch(stubs_of(self.pid))
+
+    def state(self, model: str) -> str | None:
+        """The model's state in Triton's repository index (READY, UNLOADING, UNAVAILABLE...), None if unknown.
+        A stub that dies by itself leaves its model READY (the gap this class closes); one ended by an unload
+        leaves it UNLOADING or UNAVAILABLE."""
+        try:
+            status, body = self.request("/v2/repository/index", b"{}", 5.0)
+            models = json.loads(body) if status == 200 else []
+        except (OSError, ValueError):
+            return None
+        states = [m.get("state") for m in models if m.get("name") == model]
+        return states[0] if states else None
 
     def reload(self, model: str) -> tuple[bool, str]:
         """Unload then load ``model`` through the repository API; (ok, Triton's error if not)."""

@@ -228,6 +228,26 @@ def hop_costs(work: Path, m: dict) -> dict[str, dict]:
 LAYOUTS = ("fused", "ensemble")
 
 
+def p50_runtime(results: dict, scenario: str) -> float:
+    return results[f"{scenario} runtime"]["p50_ms"] / 1e3
+
+
+def cpu_seconds(srv) -> dict[str, float]:
+    """CPU seconds used so far by this process (the load's client threads), the server process, and its
+    Python-backend processes together (the routers and, in the ensemble layout, the graph models)."""
+    from trml_edge.serving.supervisor import stubs_of
+
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def used(pid: int) -> float:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+
+    t = os.times()
+    return {"client": t.user + t.system, "tritonserver": used(srv.proc.pid),
+            "python_models": sum(used(s.pid) for s in stubs_of(srv.proc.pid))}
+
+
 def stub_rss_mb(srv) -> dict[str, float]:
     """Resident memory of each Python-backend process of a server (its model instances), and of the server."""
     from trml_edge.serving.supervisor import stubs_of
@@ -269,6 +289,9 @@ def main() -> None:
     ap.add_argument("--router-instances", type=int, default=1, help="instances of the trml router")
     ap.add_argument("--router-queue-delay-us", type=int, default=0, help="the router's dynamic-batcher delay")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
+    ap.add_argument("--block-s", type=float, default=0.2, help="concurrency 1: each configuration runs back to back "
+                                                              "for about this long per interleaved round (0: one "
+                                                              "call per round)")
     ap.add_argument("--floor", action="store_true", help="also time the ensemble layout with graphs that compute "
                                                          "nothing, and the cost of one hop")
     ap.add_argument("--stream", action="store_true", help="only the stream section: a one-new-frame update of a "
@@ -294,6 +317,7 @@ def main() -> None:
 
     m = dict(warmup=args.warmup, min_time=args.min_time, min_runs=args.min_runs)
     results: dict[str, dict] = {}
+    cpu: dict[str, dict] = {}  # CPU ms per request at concurrency > 1: client, server, its Python-backend processes
     where: dict[str, dict] = {layout: {} for layout in LAYOUTS}
     with TritonServer(repos["fused"]) as fused, TritonServer(repos["ensemble"]) as ens:
         servers = {"fused": fused, "ensemble": ens}
@@ -312,19 +336,30 @@ def main() -> None:
             fns.update({f"{s} {layout} c1": lambda f=f, t=t, c=c: c.infer(f, t) and None
                         for layout, c in clients.items()})
             before = {layout: stats(srv.url) for layout, srv in servers.items()}
-            timed = interleaved(fns, **m)
+            timed = interleaved(fns, **m, block_s=args.block_s)
             runs = len(timed[f"{s} fused c1"].seconds) + m["warmup"]
             for layout, srv in servers.items():
                 where[layout][s] = per_request_ms(before[layout], stats(srv.url), runs)
             for k, v in timed.items():
                 results[k] = percentiles(v.seconds)
             print(f"{s}: " + ", ".join(f"{k} p50 {results[k]['p50_ms']:.2f} ms" for k in fns), flush=True)
+        for s, req in reqs.items():  # the runtime's CPU per request at batch 1 (its ORT threads included)
+            f, t = one(req)
+            t0, n = os.times(), max(m["min_runs"], int(m["min_time"] / max(p50_runtime(results, s), 1e-4)))
+            for _ in range(n):
+                pipe.predict(f, t)
+            t1 = os.times()
+            cpu[f"{s} runtime c1"] = {"client": 1e3 * (t1.user + t1.system - t0.user - t0.system) / n}
         for conc in [x for x in args.concurrency if x > 1]:
             for layout, srv in servers.items():
                 for s, req in reqs.items():
+                    before = cpu_seconds(srv)
                     r = results[f"{s} {layout} c{conc}"] = triton_load(srv.url, req, conc, m["warmup"],
                                                                       m["min_time"], m["min_runs"])
-                    print(f"{s} {layout} c{conc}: p50 {r['p50_ms']:.1f} ms, {r['throughput_per_s']:.1f} req/s",
+                    n = r["runs"] + conc * m["warmup"]
+                    cpu[f"{s} {layout} c{conc}"] = {k: 1e3 * (v - before[k]) / n for k, v in cpu_seconds(srv).items()}
+                    print(f"{s} {layout} c{conc}: p50 {r['p50_ms']:.1f} ms, {r['throughput_per_s']:.1f} req/s; CPU ms "
+                          "per request: " + ", ".join(f"{k} {v:.2f}" for k, v in cpu[f"{s} {layout} c{conc}"].items()),
                           flush=True)
         load_end = list(os.getloadavg())
         memory = {layout: stub_rss_mb(srv) for layout, srv in servers.items()}
@@ -354,10 +389,10 @@ def main() -> None:
                 goals[f"{s}: {layout} c{conc} throughput >= 1.5x the runtime's batch-1"] = r >= 1.5
     goals["visual-missing >= 5x cheaper than complete (fused c1)"] = ratios["complete / visual_missing, fused c1"] >= 5
     report = {"arch": args.arch if not args.bundle else str(bundle), "frames_per_request": args.frames,
-              "threads": args.threads, "router_instances": args.router_instances,
+              "threads": args.threads, "router_instances": args.router_instances, "block_s": args.block_s,
               "router_queue_delay_us": args.router_queue_delay_us, "environment": environment(args.threads),
               "load_average_at_start": load_start, "load_average_at_end": load_end, "settings": m,
-              "stub_rss_mb": memory,
+              "stub_rss_mb": memory, "cpu_ms_per_request": cpu,
               "results": results, "overhead": overhead, "where_the_time_goes_ms": where,
               "floor_p50_ms": floors, "hops_p50_ms": None if hops is None else {
                   k: v["p50_ms"] for k, v in hops.items()}, "ratios": ratios, "goals_met": goals,
@@ -380,6 +415,9 @@ def main() -> None:
         print(f"{k:64s} {v:6.2f}x")
     for k, v in goals.items():
         print(f"goal {k}: {'met' if v else 'NOT met'}")
+    for k, v in cpu.items():
+        print(f"CPU ms per request, {k}: " + ", ".join(f"{a} {b:.2f}" for a, b in v.items()) +
+              f" (total {sum(v.values()):.2f})")
     for layout, rss in memory.items():
         print(f"resident memory per Python-backend process, {layout}: " +
               ", ".join(f"{k} {v:.0f} MB" for k, v in rss.items()))
@@ -461,7 +499,7 @@ def bench_stream(bundle: Path, work: Path, args) -> dict:
         for layout, c in clients.items():
             fns[f"stream update, {layout}"] = lambda layout=layout: update(layout) and None
             fns[f"window request, {layout}"] = lambda c=c: c.infer(win, text) and None
-        timed = interleaved(fns, **m)
+        timed = interleaved(fns, **m, block_s=args.block_s)
         load_after = list(os.getloadavg())
         per_update = {}
         for layout, srv in servers.items():
@@ -491,6 +529,7 @@ def stream_main(args) -> None:
     t_start = time.perf_counter()
     bundle = make_bundle(args.arch, work)
     report = {"arch": args.arch, "threads": args.threads, "router_instances": args.router_instances,
+              "block_s": args.block_s,
               "environment": environment(args.threads),
               "settings": dict(warmup=args.warmup, min_time=args.min_time, min_runs=args.min_runs),
               **bench_stream(bundle, work, args), "seconds": time.perf_counter() - t_start}

@@ -133,8 +133,10 @@ def test_stop_ends_the_whole_process_group(tmp_path):
         'output [{ name: "Y", data_type: TYPE_FP32, dims: [1] }]\n')
     srv = TritonServer(repo).start()
     pgid = srv.proc.pid
-    members = group_members(pgid)
-    helpers = [p for p in members if Path(f"/proc/{p}/cmdline").read_bytes().startswith(b"sleep\x00600")]
-    assert len(helpers) == 1 and len(members) >= 5  # server, 3 stubs (trml, trml_stream, spawner), the helper
-    srv.stop(timeout=10.0)
+    try:
+        members = group_members(pgid)
+        helpers = [p for p in members if Path(f"/proc/{p}/cmdline").read_bytes().startswith(b"sleep\x00600")]
+        assert len(helpers) == 1 and len(members) >= 5  # server, 3 stubs (trml, trml_stream, spawner), the helper
+    finally:
+        srv.stop(timeout=10.0)
     assert group_members(pgid) == [], "processes of the server's group survived stop()"

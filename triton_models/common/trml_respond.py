@@ -1,5 +1,6 @@
-"""What the trml routers (``trml`` and ``trml_stream``, in either repository layout) answer: one response per
-request, its error status, and the requests counter on Triton's metrics endpoint.
+"""What the trml routers (``trml`` and ``trml_stream``, in either repository layout) share: the response and the
+error status of each request, the fused layout's in-process graphs, and the counters on Triton's metrics
+endpoint.
 
 * ``error_response``: a malformed request (``errors.DataError``) is INVALID_ARG (HTTP 400) for itself alone; a
   model that is down or reloading (an exception with ``retryable``, as ``trml_bls.GraphCallError``) or a stream
@@ -61,7 +62,10 @@ def fused_pipeline(here, conf, limits):
     except errors.BundleError as e:
         raise errors.BundleError(f"{e}. In a served repository: its copy of the bundle changed after `trml-edge "
                                  "triton build`; rebuild the repository from the bundle") from None
-    return Pipeline(bundle, threads=int(conf["threads"]), limits=limits, chunk_rows=conf["graph_max_batch"])
+    pipe = Pipeline(bundle, threads=int(conf["threads"]), limits=limits, chunk_rows=conf["graph_max_batch"])
+    for graph in bundle.graphs:  # every session now: the model is ready when Triton says so, the first request fast
+        bundle.session(graph, pipe.providers, pipe.threads)
+    return pipe
 
 
 class Counters:

@@ -166,20 +166,30 @@ def pipeline_call(pipe: TimedPipeline, req: Requests) -> Callable[[], dict[str, 
 
 
 def interleaved(fns: dict[str, Callable[[], dict[str, float] | None]], warmup: int, min_time: float,
-                min_runs: int, tick: Callable[[], None] | None = None) -> dict[str, Measured]:
+                min_runs: int, tick: Callable[[], None] | None = None, block_s: float = 0.0) -> dict[str, Measured]:
     """Time several configurations in interleaved rounds until each ran ``min_runs`` times and ``min_time``
-    seconds in total. A function may return its stage times, which become that run's breakdown."""
-    for fn in fns.values():
+    seconds in total. A function may return its stage times, which become that run's breakdown.
+
+    ``block_s``: each configuration runs back to back for about this long per round (at most 50 calls, at least
+    one) instead of once. Configurations in different processes (the runtime and a server) then do not evict
+    each other's caches and thread pools on every call, which on a small machine inflates both (measured in
+    docs/serving.md), while alternating blocks still spread the machine's drift over all of them."""
+    per_call = {}
+    for k, fn in fns.items():
+        t0 = time.perf_counter()
         for _ in range(warmup):
             fn()
+        per_call[k] = (time.perf_counter() - t0) / max(warmup, 1)
+    block = {k: max(1, min(50, int(block_s / max(t, 1e-6)))) if block_s > 0 else 1 for k, t in per_call.items()}
     res = {k: Measured() for k in fns}
     while any(len(m.seconds) < min_runs or sum(m.seconds) < min_time for m in res.values()):
         for k, fn in fns.items():
-            t0 = time.perf_counter()
-            parts = fn()
-            res[k].seconds.append(time.perf_counter() - t0)
-            for stage, s in (parts or {}).items():
-                res[k].parts[stage].append(s)
+            for _ in range(block[k]):
+                t0 = time.perf_counter()
+                parts = fn()
+                res[k].seconds.append(time.perf_counter() - t0)
+                for stage, s in (parts or {}).items():
+                    res[k].parts[stage].append(s)
         if tick is not None:
             tick()
     return res

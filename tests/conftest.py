@@ -37,16 +37,13 @@ def tiny_cfg():
 def _missing(marker: str) -> str | None:
     """Why a test with this marker cannot run here (None: it can)."""
     if marker == "trt":
+        from trml_edge import tensorrt_env
+
         if importlib.util.find_spec("tensorrt") is None:
-            return "TensorRT is not installed (pip install 'trml-edge[trt]' on a GPU machine)"
-        from importlib.metadata import PackageNotFoundError, version
+            return f"TensorRT is not installed: {tensorrt_env.install_advice()}"
+        import tensorrt
 
-        from trml_edge.export.tensorrt import tensorrt_version_problem
-
-        try:
-            return tensorrt_version_problem(version("tensorrt"))
-        except PackageNotFoundError:  # JetPack's system TensorRT has no pip metadata
-            return None
+        return tensorrt_env.tensorrt_version_problem(tensorrt.__version__)  # pip wheel or JetPack's, alike
     if marker == "gpu":
         from trml_edge.export.trt_runner import probe_gpu
 

@@ -71,7 +71,11 @@ def _raw(url, text=None, frames=None, text_shape=None):
         f = http.InferInput("FRAMES", list(frames.shape), np_to_triton_dtype(frames.dtype))
         f.set_data_from_numpy(frames)
         ins.append(f)
-    return http.InferenceServerClient(url).infer("trml", ins)
+    c = http.InferenceServerClient(url)
+    try:
+        return c.infer("trml", ins)
+    finally:
+        c.close()  # an open connection would hold the server's shutdown for its exit timeout
 
 
 def _stats(url: str, model: str) -> dict:

@@ -109,8 +109,11 @@ def _raw(srv, sid, frames=None, text=None, start=False, end=False):
         f = http.InferInput("FRAMES", list(frames.shape), np_to_triton_dtype(frames.dtype))
         f.set_data_from_numpy(frames)
         ins.append(f)
-    return http.InferenceServerClient(srv.url).infer("trml_stream", ins, sequence_id=sid, sequence_start=start,
-                                                     sequence_end=end)
+    c = http.InferenceServerClient(srv.url)
+    try:
+        return c.infer("trml_stream", ins, sequence_id=sid, sequence_start=start, sequence_end=end)
+    finally:
+        c.close()
 
 
 def _close(got, ref) -> bool:

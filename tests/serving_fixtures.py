@@ -10,7 +10,7 @@ import atexit
 from functools import cache
 from pathlib import Path
 
-from export_fixtures import bundle, workdir
+from export_fixtures import bundle, synth_data, workdir
 
 # The router waits up to 20 ms to fill a batch, so requests sent together are grouped (tested).
 # Small enough that a test frame can sit just over it; real deployments keep the 4096 default.
@@ -122,3 +122,47 @@ def group_rss_mb(pgid: int) -> float:
         except (FileNotFoundError, ProcessLookupError):
             continue
     return total / 1024
+
+
+@cache
+def sample_clips(n: int = 7) -> tuple:
+    """(frames at the video's own resolution, text) of ``n`` synthetic test and valid clips, decoded from real mp4s."""
+    from trml_edge.data.corpus import read_corpus
+    from trml_edge.data.video import read_frames
+
+    out = []
+    for rec in [r for r in read_corpus(synth_data()) if r.split in ("test", "valid")][:n]:
+        frames, mask = read_frames(rec.video, 8)
+        out.append((frames[mask], rec.text))
+    return tuple(out)
+
+
+def send_together(url: str, reqs: list) -> list:
+    """Send every (frames, text) request to the trml router at once, so its batcher hands them to one execute;
+    each result is the request's OUTPUT row or the tritonclient exception that failed it."""
+    import tritonclient.http as http
+    from tritonclient.utils import InferenceServerException
+
+    from trml_edge.serving.client import TritonClient
+
+    tc = TritonClient(url)
+    client = http.InferenceServerClient(url, concurrency=len(reqs))
+    handles = [client.async_infer("trml", tc.inputs(f, t)) for f, t in reqs]
+    out = []
+    for h in handles:
+        try:
+            out.append(h.get_result().as_numpy("OUTPUT")[0])
+        except InferenceServerException as e:
+            out.append(e)
+    client.close()
+    return out
+
+
+def router_batches(url: str) -> dict[int, int]:
+    """Triton's statistics of the trml router: batch size -> executions of that size so far."""
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://{url}/v2/models/trml/stats") as r:
+        s = json.loads(r.read())["model_stats"][0]
+    return {int(b["batch_size"]): int(b["compute_infer"]["count"]) for b in s.get("batch_stats", [])}

@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from export_fixtures import bundle, synth_data
-from serving_fixtures import classification_bundle, group_members, repository, server, small_batch_server
+from export_fixtures import bundle
+from serving_fixtures import (classification_bundle, group_members, repository, router_batches, send_together, server,
+                              small_batch_server, sample_clips)
 from trml_edge.errors import RequestError
 from trml_edge.runtime import Pipeline
 from trml_edge.serving.client import TritonClient
@@ -20,35 +21,7 @@ TOL = 1e-5
 
 @pytest.fixture(scope="module")
 def clips():
-    from trml_edge.data.corpus import read_corpus
-    from trml_edge.data.video import read_frames
-
-    out = []
-    for rec in [r for r in read_corpus(synth_data()) if r.split in ("test", "valid")][:7]:
-        frames, mask = read_frames(rec.video, 8)
-        out.append((frames[mask], rec.text))
-    return out
-
-
-def _send_together(url: str, reqs: list) -> list:
-    """Send every request at once (async), so the router's batcher hands them to one execute."""
-    import tritonclient.http as http
-
-    tc = TritonClient(url)
-    client = http.InferenceServerClient(url, concurrency=len(reqs))
-    handles = [client.async_infer("trml", tc.inputs(f, t)) for f, t in reqs]
-    outs = [h.get_result().as_numpy("OUTPUT")[0] for h in handles]
-    client.close()
-    return outs
-
-
-def _router_batches(url: str) -> dict:
-    import json
-    import urllib.request
-
-    with urllib.request.urlopen(f"http://{url}/v2/models/trml/stats") as r:
-        s = json.loads(r.read())["model_stats"][0]
-    return {int(b["batch_size"]): int(b["compute_infer"]["count"]) for b in s.get("batch_stats", [])}
+    return sample_clips()
 
 
 @pytest.mark.parametrize("scenario", ["complete", "visual_missing", "text_missing"])
@@ -61,9 +34,9 @@ def test_a_batch_of_different_requests_is_chunked_and_each_gets_its_own_answer(c
             for f, t in clips]
     expected = [float(pipe.predict(f, t).output) for f, t in reqs]
     assert len({round(e, 4) for e in expected}) == len(expected)  # distinct answers, so a mix-up shows
-    before = _router_batches(srv.url)
-    got = _send_together(srv.url, reqs)
-    after = _router_batches(srv.url)
+    before = router_batches(srv.url)
+    got = send_together(srv.url, reqs)
+    after = router_batches(srv.url)
     assert [float(g[0]) for g in got] == pytest.approx(expected, abs=TOL)
     # the router really saw them together: some execution held more than the graphs' max batch of 2
     grew = {b: after.get(b, 0) - before.get(b, 0) for b in after}
@@ -75,7 +48,7 @@ def test_a_classification_bundle_serves_its_logits(clips):
     srv = small_batch_server("classification")
     pipe = Pipeline(classification_bundle())
     reqs = [(f, t) for f, t in clips[:3]] + [(None, clips[3][1]), (clips[4][0], None)]
-    got = _send_together(srv.url, reqs)
+    got = send_together(srv.url, reqs)
     import json
     import urllib.request
 

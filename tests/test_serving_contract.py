@@ -11,17 +11,15 @@ purpose, and held so (no supervisor reloading it), so that every assertion is de
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
-import urllib.request
 
 import numpy as np
 import pytest
 
 from export_fixtures import bundle, synth_data
-from serving_fixtures import classification_bundle, repository, small_batch_server
+from serving_fixtures import classification_bundle, repository, router_batches, send_together, small_batch_server
 from trml_edge.errors import RequestError, ServingError, ServingUnavailableError
 from trml_edge.runtime import Pipeline
 from trml_edge.serving.client import TritonClient, error_from
@@ -185,36 +183,20 @@ def test_the_client_maps_each_protocols_statuses():
         assert err.status == status
 
 
-def _batches(url: str) -> dict[int, int]:
-    with urllib.request.urlopen(f"http://{url}/v2/models/trml/stats") as r:
-        s = json.loads(r.read())["model_stats"][0]
-    return {int(b["batch_size"]): int(b["compute_infer"]["count"]) for b in s.get("batch_stats", [])}
-
-
 @pytest.mark.parametrize("layout", ["ensemble", "fused"])
 def test_one_bad_request_in_a_batch_fails_alone(layout):
     """Four good text-only requests and an empty one sent together reach one router execution (Triton's batch
     statistics show a batch of 5; the router waits 50 ms to fill one): the bad one gets 400, each good one its
     own answer."""
-    import tritonclient.http as http
     from tritonclient.utils import InferenceServerException
 
     srv = small_batch_server("regression" if layout == "ensemble" else "classification", layout=layout)
     pipe = Pipeline(bundle("fp32") if layout == "ensemble" else classification_bundle())
     texts = ["a warm and lovely film", "dull and far too long", " ", "it was fine, i guess", "brilliant acting"]
-    tc = TritonClient(srv.url)
     for attempt in range(3):  # Triton may split them if one arrives late; the batch statistics tell
-        before = _batches(srv.url)
-        client = http.InferenceServerClient(srv.url, concurrency=len(texts))
-        handles = [client.async_infer("trml", tc.inputs(None, t)) for t in texts]
-        results = []
-        for h in handles:
-            try:
-                results.append(h.get_result().as_numpy("OUTPUT")[0])
-            except InferenceServerException as e:
-                results.append(e)
-        client.close()
-        after = _batches(srv.url)
+        before = router_batches(srv.url)
+        results = send_together(srv.url, [(None, t) for t in texts])
+        after = router_batches(srv.url)
         if after.get(5, 0) > before.get(5, 0):
             break
     else:
@@ -226,4 +208,3 @@ def test_one_bad_request_in_a_batch_fails_alone(layout):
         else:
             want = np.atleast_1d(pipe.predict(None, t).output)
             assert not isinstance(got, Exception) and np.abs(got - want).max() <= TOL, (t, got, want)
-    tc.close()

@@ -17,8 +17,8 @@ import urllib.request
 import numpy as np
 import pytest
 
-from export_fixtures import bundle, synth_data
-from serving_fixtures import classification_bundle, small_batch_server
+from export_fixtures import bundle
+from serving_fixtures import classification_bundle, router_batches, send_together, small_batch_server, sample_clips
 from trml_edge.errors import ConfigError
 from trml_edge.graphs import GRAPH_NAMES
 from trml_edge.routing import COMPLETE, TEXT_MISSING, VISUAL_MISSING
@@ -31,14 +31,7 @@ TOL = 1e-5
 
 @pytest.fixture(scope="module")
 def clips():
-    from trml_edge.data.corpus import read_corpus
-    from trml_edge.data.video import read_frames
-
-    out = []
-    for rec in [r for r in read_corpus(synth_data()) if r.split in ("test", "valid")][:7]:
-        frames, mask = read_frames(rec.video, 8)
-        out.append((frames[mask], rec.text))
-    return out
+    return sample_clips()
 
 
 # --- the repository, no server ---
@@ -137,31 +130,6 @@ def _metric(srv, name: str, **labels) -> float:
     return total
 
 
-def _router_batches(srv) -> dict:
-    with urllib.request.urlopen(f"http://{srv.url}/v2/models/trml/stats") as r:
-        s = json.loads(r.read())["model_stats"][0]
-    return {int(b["batch_size"]): int(b["compute_infer"]["count"]) for b in s.get("batch_stats", [])}
-
-
-def _send_together(srv, reqs: list) -> list:
-    """Send every request at once, so the router's batcher (50 ms queue delay here) hands them to one execute;
-    each result is the output array or the exception."""
-    import tritonclient.http as http
-    from tritonclient.utils import InferenceServerException
-
-    tc = TritonClient(srv.url)
-    client = http.InferenceServerClient(srv.url, concurrency=len(reqs))
-    handles = [client.async_infer("trml", tc.inputs(f, t)) for f, t in reqs]
-    out = []
-    for h in handles:
-        try:
-            out.append(h.get_result().as_numpy("OUTPUT")[0])
-        except InferenceServerException as e:
-            out.append(e)
-    client.close()
-    return out
-
-
 @pytest.mark.parametrize("scenario", [COMPLETE, VISUAL_MISSING, TEXT_MISSING])
 def test_seven_different_requests_in_one_batch_each_get_their_own_logits(clips, scenario):
     """A classification bundle (7 logits) behind a fused router whose graphs take 2 rows a run: 7 different
@@ -173,9 +141,9 @@ def test_seven_different_requests_in_one_batch_each_get_their_own_logits(clips, 
     want = [pipe.predict(f, t).output for f, t in reqs]
     assert all(w.shape == (7,) for w in want)
     counted = _metric(srv, "trml_requests_total", model="trml", scenario=scenario, outcome="ok")
-    before = _router_batches(srv)
-    got = _send_together(srv, reqs)
-    after = _router_batches(srv)
+    before = router_batches(srv.url)
+    got = send_together(srv.url, reqs)
+    after = router_batches(srv.url)
     for g, w in zip(got, want):
         assert g.shape == (7,) and np.abs(g - w).max() <= TOL
     grew = {b: after.get(b, 0) - before.get(b, 0) for b in after}

@@ -139,7 +139,7 @@ def serve(
             typer.echo(f"admin APIs ({groups}): OPEN to every client")
         else:
             where = (f"token in {admin_token_file}" if admin_token_file else
-                     "its token is held by serve alone; --admin-token-file PATH writes a copy")
+                     "held by serve alone; --admin-token-file PATH writes a copy")
             typer.echo(f"admin APIs ({groups}): restricted to this run's token ({where})")
         for note in exposure_notes(srv.host, {"HTTP": srv.http_port, "gRPC": srv.grpc_port,
                                               "metrics": srv.metrics_port}, security):

@@ -10,6 +10,7 @@ import typer
 
 from trml_edge.cli import app
 from trml_edge.specs import PretrainConfig
+from trml_edge.train.pairs_config import PairsConfig
 
 MODALITY_HELP = "which modality may go missing: visual, text or either"
 
@@ -109,8 +110,16 @@ def train(
         None, help="stage-1 pairs: labelled, or train_split (adds the train clips outside "
         "--max-train as unlabelled pairs) [default: TrainConfig's]"),
     gen_init: Optional[str] = typer.Option(
-        None, help="generators start as the identity, or gap: shifted by the mean visual-minus-text embedding "
-        "of the complete pairs [default: TrainConfig's]"),
+        None, help="generators start as the identity, gap: shifted by the mean visual-minus-text embedding "
+        "of the complete pairs, or pairs: from --generators [default: TrainConfig's; pairs with --generators]"),
+    generators: Optional[Path] = typer.Option(
+        None, help="start the generators from this directory, learned from unlabelled pairs by "
+        "`trml-edge generators` under the same --clip-weights"),
+    gen_update: Optional[str] = typer.Option(
+        None, help="what trains the generators here: joint (task and matching loss), matching (the matching "
+        "loss alone) or frozen [default: TrainConfig's]"),
+    gen_loss: Optional[str] = typer.Option(
+        None, help="matching objective: sml (the paper's InfoNCE), cosine or sml+cosine [default: TrainConfig's]"),
 ) -> None:
     """Train TRML (L = L_task + alpha * L_sml). Runs under torchrun for DistributedDataParallel."""
     from trml_edge.config import MissingConfig, TRMLConfig
@@ -122,15 +131,58 @@ def train(
     weights = clip_weights_source(mcfg, backbone, clip_weights, pretrained, cache_dir)
     mcfg.backbone.freeze = freeze_backbone
     mcfg.head.dropout = dropout
+    if generators is not None and gen_init is None:
+        gen_init = "pairs"
     tcfg = TrainConfig(data=str(data), out=str(out), epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                        missing=MissingConfig(rate=train_missing_rate, modality=train_missing_modality),
                        max_train=max_train, feature_cache=str(feature_cache) if feature_cache else None,
+                       generators=str(generators) if generators else None,
                        **{k: v for k, v in (("fixed_missing", fixed_missing), ("gen_warmup_epochs", gen_warmup_epochs),
-                                            ("pair_data", pair_data), ("gen_init", gen_init)) if v is not None})
+                                            ("pair_data", pair_data), ("gen_init", gen_init),
+                                            ("gen_update", gen_update), ("gen_loss", gen_loss)) if v is not None})
     metrics = run(tcfg, mcfg, weights)
     if "best_epoch" in metrics:
         typer.echo(f"best epoch {metrics['best_epoch']}, valid score {metrics['valid_score']:.4f}; "
                    f"skipped clips {metrics['skipped_clips']}; run in {out}")
+
+
+@app.command()
+def generators(
+    sources: list[Path] = typer.Argument(..., help="unlabelled pairs: image/caption pools (images.npy + "
+                                         "captions.txt, such as DATA/pretrain) and/or corpus directories "
+                                         "(their clips and transcripts; labels are not read)"),
+    out: Path = typer.Option(..., "--out", help="generator directory, for `trml-edge train --generators`"),
+    backbone: str = typer.Option("trml-tiny", help="open_clip architecture name, JSON file or local-dir:PATH"),
+    clip_weights: Optional[Path] = typer.Option(None, help="local file of pretrained CLIP weights"),
+    pretrained: Optional[str] = typer.Option(None, help=PRETRAINED_HELP),
+    cache_dir: Optional[Path] = typer.Option(None, help=CACHE_DIR_HELP),
+    splits: str = typer.Option("train", help="corpus sources: the splits whose clips are pairs, comma-separated"),
+    valid: Optional[Path] = typer.Option(None, help="a corpus whose valid split scores the generators after "
+                                         "each epoch (cosine to the real embedding, retrieval rank)"),
+    objective: str = typer.Option(PairsConfig.objective, help="sml (the paper's InfoNCE), cosine or sml+cosine"),
+    tau: float = typer.Option(PairsConfig.tau, help="InfoNCE temperature"),
+    epochs: int = typer.Option(PairsConfig.epochs),
+    batch_size: int = typer.Option(PairsConfig.batch_size),
+    lr: float = typer.Option(PairsConfig.lr),
+    seed: int = typer.Option(0),
+) -> None:
+    """Learn the two MMI generators from unlabelled pairs on the frozen CLIP's embeddings (stage 0)."""
+    from trml_edge.config import TRMLConfig
+    from trml_edge.train.pairs import train_generators
+
+    mcfg = TRMLConfig()
+    weights = clip_weights_source(mcfg, backbone, clip_weights, pretrained, cache_dir)
+    cfg = PairsConfig(sources=[str(s) for s in sources], out=str(out), splits=[s.strip() for s in splits.split(",")],
+                      valid=str(valid) if valid else None, objective=objective, tau=tau, epochs=epochs,
+                      batch_size=batch_size, lr=lr, seed=seed)
+    meta = train_generators(cfg, mcfg, weights)
+    last = meta["history"][-1]
+    line = f"{sum(s['pairs'] for s in meta['sources'])} pairs, final loss {last['loss']:.4f}"
+    if "held_out" in last:
+        q = last["held_out"]
+        line += "".join(f"; valid {g}: cos {q[g]['cos_to_real']:.3f} (mean fill {q[g]['cos_mean_fill']:.3f}), "
+                        f"median rank {q[g]['median_rank']:.0f}/{q[g]['n']}" for g in ("v_hat", "t_hat"))
+    typer.echo(f"generators: {out} ({line})")
 
 
 @app.command()

@@ -200,3 +200,51 @@ def latent_r2(p: Process | None = None, n: int = 20000, seed: int = 0) -> dict[s
 
     return {"z_v|visual": r2(zv_hat, obs["z_v"]), "z_t|text": r2(zt_hat, obs["z_t"]),
             "z_v|text": r2(p.rho * zt_hat, obs["z_v"]), "z_t|visual": r2(p.rho * zv_hat, obs["z_t"])}
+
+
+def _log_normal(x: np.ndarray, mean: np.ndarray, var: np.ndarray) -> np.ndarray:
+    return -0.5 * (x - mean) ** 2 / var - 0.5 * np.log(2 * math.pi * var)
+
+
+def _logsumexp(a: np.ndarray, axis: int) -> np.ndarray:
+    m = a.max(axis, keepdims=True)
+    return (m + np.log(np.exp(a - m).sum(axis, keepdims=True))).squeeze(axis)
+
+
+def retrieval_limit(p: Process | None = None, n: int = 384, draws: int = 40, seed: int = 0,
+                    grid_points: int = 161) -> dict[str, dict[str, float]]:
+    """The best retrieval any embedding can reach on this process (observed level): among ``n`` clips, the
+    real partner's rank when every candidate is scored by the exact likelihood ratio
+    ``p(candidate | query) / p(candidate)`` (the ranking that maximizes the chance of each candidate being
+    the partner). Text -> visual: the query is the phrase, a candidate is a clip's mean expression (its
+    frame count known); visual -> text: the reverse. Ties (texts with the same phrase) are broken at random,
+    as the sentences' other words would. Returns the median rank and R@1 per direction, averaged over
+    ``draws`` sets of ``n`` clips."""
+    p = p or Process()
+    rng = np.random.default_rng(seed)
+    grid = np.linspace(-6.0, 6.0, grid_points)
+    log_prior = -0.5 * grid**2 - 0.5 * math.log(2 * math.pi)  # N(0, 1) of z_t
+    res: dict[str, list[tuple[float, float]]] = {"text→visual": [], "visual→text": []}
+    for _ in range(draws):
+        o = _sample(p, n, rng)
+        text_ll = _text_loglik(p, o["s"], grid)  # (n, G): log P(phrase | z_t)
+        # log p(m_v | z_t): z_v | z_t ~ N(rho z_t, 1 - rho^2), m_v | z_v ~ N(z_v, var_v)
+        var = (1.0 - p.rho**2) + o["var_v"][:, None]  # (n, 1)
+        video_ll = _log_normal(o["m_v"][:, None], p.rho * grid[None, :], var)  # (n, G)
+        log_post_text = text_ll + log_prior  # unnormalized log p(z_t | phrase)
+        log_post_text -= _logsumexp(log_post_text, 1)[:, None]
+        log_post_video = video_ll + log_prior
+        log_post_video -= _logsumexp(log_post_video, 1)[:, None]
+        # score[i, j] = log sum_g p(g | query i) p(candidate j | g) - log p(candidate j)
+        t2v = _logsumexp(log_post_text[:, None, :] + video_ll[None, :, :], 2) - \
+            _log_normal(o["m_v"], 0.0, 1.0 + o["var_v"])[None, :]
+        v2t = _logsumexp(log_post_video[:, None, :] + text_ll[None, :, :], 2) - \
+            _logsumexp(text_ll + log_prior[None, :], 1)[None, :]
+        for name, score in (("text→visual", t2v), ("visual→text", v2t)):
+            true = np.diag(score)[:, None]
+            tol = 1e-9 * (1.0 + np.abs(true))
+            ties = (np.abs(score - true) <= tol).sum(1) - 1  # equal scores (texts with the same phrase)
+            rank = (score > true + tol).sum(1) + 1 + rng.integers(0, ties + 1)  # ties in random order
+            res[name].append((float(np.median(rank)), float((rank == 1).mean())))
+    return {name: {"median_rank": float(np.mean([r[0] for r in v])), "r_at_1": float(np.mean([r[1] for r in v])),
+                   "n": n} for name, v in res.items()}

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from trml_edge.data.corpus import ClipArrays
 from trml_edge.model.trml import TRML
 from trml_edge.train.features import SplitTensors
+from trml_edge.train.pairs import match_stats, mean_frame_embedding
 
 LAMBDAS = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
 
@@ -39,9 +40,7 @@ def latents(data: str | Path, ids: list[str]) -> np.ndarray:
 
 def mean_visual(d: SplitTensors) -> np.ndarray:
     """The masked mean of the frame embeddings, normalized (what the temporal encoder starts from)."""
-    m = d.frame_mask.float().unsqueeze(-1)
-    mean = (d.frame_emb * m).sum(1) / m.sum(1).clamp_min(1.0)
-    return F.normalize(mean, dim=-1).numpy()
+    return mean_frame_embedding(d.frame_emb, d.frame_mask).numpy()
 
 
 def _ridge(x: np.ndarray, y: np.ndarray, lam: float) -> tuple[np.ndarray, float]:
@@ -95,34 +94,29 @@ def embedding_probes(data: str | Path, arrays: dict[str, ClipArrays], inputs: di
 
 
 @torch.no_grad()
-def generator_quality(model: TRML, data: str | Path, arrays: dict[str, ClipArrays], inputs: dict[str, SplitTensors]
-                      ) -> dict[str, Any]:
-    """Generated against real embeddings on the test split (and the probes that read z off them)."""
+def generator_quality(model: TRML, data: str | Path, arrays: dict[str, ClipArrays], inputs: dict[str, SplitTensors],
+                      split: str = "test") -> dict[str, Any]:
+    """Generated against real embeddings on ``split`` (and the probes that read z off them: fitted on the
+    train split, penalty chosen on valid)."""
     model.eval()
     emb = {}
-    for s in ("train", "valid", "test"):
+    for s in dict.fromkeys(("train", "valid", split)):
         d = inputs[s]
         v = model.temporal(d.frame_emb, d.frame_mask)
         t = d.text_emb
         emb[s] = {"v": v, "t": t, "v_hat": model.gen_text_to_visual(t), "t_hat": model.gen_visual_to_text(v)}
     lat = {s: latents(data, arrays[s].ids) for s in emb}
     out: dict[str, Any] = {}
-    te = emb["test"]
+    te = emb[split]
     for gen, real, src, target in (("v_hat", "v", "t", 0), ("t_hat", "t", "v", 1)):
         g, r = te[gen], te[real]
-        sims = g @ r.T  # (N, N) cosine: every embedding is unit-norm
-        rank = (sims > sims.diag().unsqueeze(1)).sum(1).float() + 1  # rank of the true partner, 1 = best
-        mean_fill = F.normalize(emb["train"][real].mean(0), dim=0)
         p = probe(emb["train"][real].numpy(), lat["train"][:, target], emb["valid"][real].numpy(),
-                  lat["valid"][:, target], r.numpy(), lat["test"][:, target])
-        z = lat["test"][:, target]
+                  lat["valid"][:, target], r.numpy(), lat[split][:, target])
+        z = lat[split][:, target]
         read = g.numpy() @ p["w"] + p["b"]  # the real-embedding probe applied to the generated embedding
         out[gen] = {
-            "cos_to_real": float((g * r).sum(1).mean()),
-            "cos_identity": float((te[src] * r).sum(1).mean()),  # the generator's starting point
-            "cos_mean_fill": float((r @ mean_fill).mean()),
-            "median_rank": float(rank.median()), "r_at_1": float((rank <= 1).float().mean()),
-            "r_at_10": float((rank <= 10).float().mean()), "n": len(r),
+            **match_stats(g, r, emb["train"][real].mean(0)),
+            "cos_identity": float((te[src] * r).sum(1).mean()),  # the identity generator's output
             "probe_r2_real": p["r2"],
             "probe_corr_generated": float(np.corrcoef(read, z)[0, 1]),
         }

@@ -164,6 +164,7 @@ class TRML(nn.Module):
         has_visual: torch.Tensor,  # (B,) bool
         has_text: torch.Tensor,  # (B,) bool
         fill: str | None = None,
+        detach_generated: bool = False,  # training only: the head's gradient stops at a generated embedding
     ) -> FusionOutput:
         neither = ~(has_visual | has_text)
         if bool(neither.any()):
@@ -176,7 +177,7 @@ class TRML(nn.Module):
         v_hat = self.gen_text_to_visual(t)
         t_hat = self.gen_visual_to_text(v)
         if fill == "generator":
-            v_fill, t_fill = v_hat, t_hat
+            v_fill, t_fill = (v_hat.detach(), t_hat.detach()) if detach_generated else (v_hat, t_hat)
         elif fill == "zero":
             v_fill, t_fill = torch.zeros_like(v), torch.zeros_like(t)
         else:  # mean

@@ -104,15 +104,16 @@ def split_tensors(model: TRML, arrays: ClipArrays, embeddings: tuple[torch.Tenso
     return SplitTensors(labels, mask, tokens, arrays.frames, None, None)
 
 
-def fuse_batch(model: TRML, data: SplitTensors, idx: np.ndarray, has_visual, has_text, fill=None):
-    """Run the model on samples ``idx`` with the given modality masks."""
+def fuse_batch(model: TRML, data: SplitTensors, idx: np.ndarray, has_visual, has_text, fill=None,
+               detach_generated: bool = False):
+    """Run the model on samples ``idx`` with the given modality masks (``TRML.fuse`` for the rest)."""
     mask = data.frame_mask[idx]
     if data.cached:
         frame_emb, t = data.frame_emb[idx], data.text_emb[idx]
     else:
         frame_emb = model.encode_frames(pixels(model, data.frames[idx]))
         t = model.encode_text(data.tokens[idx])
-    return model.fuse(frame_emb, mask, t, has_visual, has_text, fill)
+    return model.fuse(frame_emb, mask, t, has_visual, has_text, fill, detach_generated)
 
 
 # --- the streamed, cached path (frozen backbone) ---

@@ -18,26 +18,13 @@ import torch.nn.functional as F
 from open_clip.loss import ClipLoss
 
 from trml_edge.config import PreprocessConfig
-from trml_edge.errors import DataError
 from trml_edge.model.backbone import build_clip, fetch_pretrained, image_size, resolve_arch, tokenize
 from trml_edge.model.checkpoint import save_clip
 from trml_edge.model.trml import text_features, trim_tokens
-from trml_edge.train.loop import _progress, warmup_cosine
+from trml_edge.train.pairs import load_pool
+from trml_edge.train.schedule import progress_bar, warmup_cosine
 from trml_edge.preprocess import preprocess
 from trml_edge.specs import PretrainConfig
-
-
-def load_pool(pool: Path) -> tuple[np.ndarray, list[str]]:
-    pool = Path(pool)
-    images_path, captions_path = pool / "images.npy", pool / "captions.txt"
-    for p in (images_path, captions_path):
-        if not p.is_file():
-            raise DataError(f"{p} not found; `trml-edge data synth` writes a pool under DATA/pretrain")
-    images = np.load(images_path, mmap_mode="r")
-    captions = captions_path.read_text(encoding="utf-8").splitlines()
-    if len(captions) != len(images):
-        raise DataError(f"{pool}: {len(images)} images but {len(captions)} captions; they must pair one to one")
-    return images, captions
 
 
 def pretrain(cfg: PretrainConfig, progress: bool = True,
@@ -69,7 +56,7 @@ def pretrain(cfg: PretrainConfig, progress: bool = True,
                               fused=True)  # one kernel per step: measured 62 -> 7 ms of a ~370 ms step here
     sched = torch.optim.lr_scheduler.LambdaLR(optim, warmup_cosine(steps))
     loss_fn = ClipLoss()
-    bar = _progress(progress)
+    bar = progress_bar(progress)
     task = bar.add_task("pretrain CLIP", total=cfg.epochs) if bar else None
     model.train()
     losses = []

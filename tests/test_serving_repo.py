@@ -213,6 +213,35 @@ def test_router_and_its_modules_import_only_numpy_stdlib_and_each_other():
                     assert mod in stdlib or mod in allowed or mod == "__future__", (layout, f.name, mod)
 
 
+def test_the_fused_routers_runtime_works_without_the_package(tmp_path):
+    """A Jetson's Triton has no trml_edge: the fused router's copy of the runtime loads its bundle copy and answers
+    every scenario as the package's Pipeline does, with trml_edge blocked from import."""
+    from trml_edge.runtime import Pipeline
+
+    version = repository(layout="fused") / "trml" / "1"
+    frames = np.random.default_rng(0).integers(0, 256, (5, 40, 56, 3), dtype=np.uint8)
+    np.save(tmp_path / "frames.npy", frames)
+    code = f"""
+import sys, json
+import numpy as np
+sys.modules['trml_edge'] = None
+sys.path.insert(0, {str(version)!r})
+from trml_core.runtime.bundle import load_bundle
+from trml_core.runtime.pipeline import Pipeline
+pipe = Pipeline(load_bundle({str(version / 'bundle')!r}))
+f = np.load({str(tmp_path / 'frames.npy')!r})
+out = [pipe.predict(*x).output.tolist() for x in ((f, "a fine film"), (None, "a fine film"), (f, None))]
+loaded = sorted(m for m in sys.modules if m.startswith('trml_edge') and sys.modules[m])
+print(json.dumps({{"out": out, "loaded": loaded}}))
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    pipe = Pipeline(bundle("fp32"))
+    want = [pipe.predict(*x).output.tolist() for x in ((frames, "a fine film"), (None, "a fine film"), (frames, None))]
+    assert got["loaded"] == [] and np.allclose(got["out"], want, atol=1e-6)
+
+
 def test_copied_modules_work_without_the_package():
     """Import trml_core from the repository with trml_edge blocked; it tokenizes and routes as the package does."""
     from trml_edge.tokenizer import BPETokenizer

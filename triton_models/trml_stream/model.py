@@ -50,7 +50,6 @@ import trml_respond  # noqa: E402  (copied beside this file by triton build)
 from trml_core import errors, graphs, preprocess, routing, streaming, tokenizer  # noqa: E402
 
 STREAM_FILE = "stream.json"  # written by `trml-edge triton build`: layout, graphs, preprocessing, tokenizer
-_SCENARIO_OF = {v: k for k, v in routing.VIRTUAL_MODALITY.items()}  # "visual" -> visual_missing, ...
 
 
 class TritonPythonModel:
@@ -243,9 +242,10 @@ class TritonPythonModel:
         results = []
         for _, state, frames, text in updates:  # each on its own: one failure leaves the others' answers
             try:
+                scenario = state.scenario(frames is not None, text is not None)  # the rule the update follows
                 stream = self.stream_of(state)
                 p = stream.score() if frames is None and text is None else stream.push(frames, text)
-                results.append((np.atleast_1d(np.asarray(p.output, np.float32)), _SCENARIO_OF[p.virtual_modality]))
+                results.append((np.atleast_1d(np.asarray(p.output, np.float32)), scenario))
             except Exception as e:
                 results.append(e)
         return results

@@ -141,12 +141,12 @@ class TritonClient:
             cfg = self._client().get_model_config(self.model)
         except exc as e:
             raise error_from(e) from None
-        params = cfg["parameters"] if isinstance(cfg, dict) else cfg.config.parameters  # http: dict; grpc: protobuf
-        value = params.get("layout") if isinstance(params, dict) else (params["layout"] if "layout" in params
-                                                                       else None)
-        if value is None:
-            return "ensemble"
-        return value["string_value"] if isinstance(value, dict) else value.string_value
+        if isinstance(cfg, dict):  # HTTP: the config as JSON
+            value = cfg.get("parameters", {}).get("layout", {}).get("string_value")
+        else:  # gRPC: a ModelConfigResponse protobuf
+            params = cfg.config.parameters
+            value = params["layout"].string_value if "layout" in params else None
+        return value or "ensemble"
 
     def close(self) -> None:
         with self._lock:

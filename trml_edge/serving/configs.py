@@ -109,11 +109,14 @@ def templates_dir() -> Path:
     return root
 
 
+def _package() -> Path:
+    return Path(trml_edge.__file__).resolve().parent
+
+
 def core_sources(extra: tuple[str, ...] = ()) -> dict[str, Path]:
     """Module name ("errors", "runtime.bundle", "runtime" for runtime/__init__.py) -> the package file that a
     router's ``trml_core/`` copy must equal byte for byte."""
-    pkg = Path(trml_edge.__file__).resolve().parent
-    out = {}
+    pkg, out = _package(), {}
     for m in dict.fromkeys((*CORE_MODULES, *extra)):
         path = pkg.joinpath(*m.split("."))
         out[m] = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
@@ -121,11 +124,8 @@ def core_sources(extra: tuple[str, ...] = ()) -> dict[str, Path]:
 
 
 def core_path(module: str) -> Path:
-    """Where ``module``'s copy goes under a router's version folder."""
-    parts = module.split(".")
-    pkg = Path(trml_edge.__file__).resolve().parent.joinpath(*parts)
-    return Path(CORE_PACKAGE, *parts, "__init__.py") if pkg.is_dir() else Path(CORE_PACKAGE, *parts[:-1],
-                                                                               f"{parts[-1]}.py")
+    """Where ``module``'s copy goes under a router's version folder: its place in the package, under trml_core/."""
+    return Path(CORE_PACKAGE) / core_sources((module,))[module].relative_to(_package())
 
 
 def copy_router_code(version: Path, router: str, extra: tuple[str, ...] = (), listed_in: str = "router.json",
@@ -143,7 +143,7 @@ def copy_router_code(version: Path, router: str, extra: tuple[str, ...] = (), li
         shutil.copyfile(templates / "common" / BLS_MODULE, version / BLS_MODULE)
     copies = {}
     for module, src in core_sources(extra).items():
-        dest = version / core_path(module)
+        dest = version / CORE_PACKAGE / src.relative_to(_package())
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, dest)
         copies[module] = sha256_file(src)

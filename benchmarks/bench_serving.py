@@ -438,7 +438,7 @@ def image_encoder_frames(srv) -> int:
     batch sizes summed (Triton's statistics); fused, the stream router's own counter (sent every 0.5 s)."""
     if srv.layout() == "fused":
         time.sleep(1.2)
-        with urllib.request.urlopen(f"http://{srv.host}:{srv.metrics_port}/metrics") as r:
+        with urllib.request.urlopen(srv.metrics_url) as r:
             text = r.read().decode()
         return int(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                        if line.startswith("trml_graph_rows_total{") and 'model="trml_stream"' in line

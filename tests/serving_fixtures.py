@@ -7,6 +7,7 @@ process exits (the process group goes with it, Python-backend stubs included).
 from __future__ import annotations
 
 import atexit
+import time
 from functools import cache
 from pathlib import Path
 
@@ -166,3 +167,19 @@ def router_batches(url: str) -> dict[int, int]:
     with urllib.request.urlopen(f"http://{url}/v2/models/trml/stats") as r:
         s = json.loads(r.read())["model_stats"][0]
     return {int(b["batch_size"]): int(b["compute_infer"]["count"]) for b in s.get("batch_stats", [])}
+
+
+def settled(read, expect: float | None = None, timeout: float = 15.0, period: float = 0.5):
+    """The value of a counter that a router sends to Triton every 0.5 s, once it has arrived. With ``expect``:
+    polled until it reaches ``expect`` (returned at once then; whatever it is at ``timeout`` otherwise, for the
+    caller's assertion to show). Without: polled until three reads ``period`` apart agree (nothing was in flight)."""
+    end = time.monotonic() + timeout
+    last = [read()]
+    while time.monotonic() < end:
+        if expect is not None and last[-1] >= expect:
+            return last[-1]
+        if expect is None and len(last) >= 3 and len(set(last[-3:])) == 1:
+            return last[-1]
+        time.sleep(period if expect is None else 0.05)
+        last.append(read())
+    return last[-1]

@@ -127,6 +127,57 @@ def test_a_dead_or_unloaded_model_is_503_to_any_client_and_others_keep_serving(h
     assert all(abs(float(g[0]) - want) <= TOL for g in _plain(held, None, TEXT).values())
 
 
+def test_the_fused_routers_death_is_500_naming_it_then_served_without_a_404(tmp_path, clip):
+    """Fused layout: no model stands in front of the router, so its dead process gets Triton's own 500 (the one
+    status a plain client sees that cannot be a 503); the supervisor's background reload then swaps in a new
+    process without the model ever leaving the repository: every answer meanwhile is an answer or that 500,
+    never Triton's 404 "has no available versions", and after the reload every request is answered."""
+    import shutil
+    import threading
+
+    from trml_edge.serving.server import TritonServer
+    from trml_edge.serving.supervisor import Supervisor
+
+    repo = tmp_path / "repo"
+    shutil.copytree(repository(layout="fused"), repo)
+    srv = TritonServer(repo, supervise=True).start()
+    srv.supervisor.stop()  # held: the test reloads it itself, with the supervisor's own method
+    srv.supervisor = None
+    try:
+        want = float(Pipeline(bundle("fp32")).predict(clip, TEXT).output)
+        _kill(srv, "trml")
+        for protocol, got in _plain(srv, clip, TEXT).items():
+            assert isinstance(got, tuple), (protocol, got)
+            status, message = got
+            assert status == INTERNAL[protocol] and "Stub process 'trml_0_0' is not healthy" in message, got
+        for url in (srv.url, f"grpc://{srv.grpc_url}"):
+            c = TritonClient(url)
+            with pytest.raises(ServingUnavailableError):  # our client: retryable, whatever the protocol
+                c.infer(clip, TEXT)
+            c.close()
+        seen, stop = [], threading.Event()
+
+        def plain_loop():
+            while not stop.is_set():
+                seen.extend(_plain(srv, None, TEXT).values())
+
+        th = threading.Thread(target=plain_loop)
+        th.start()
+        try:
+            ok, why = Supervisor(srv.proc.pid, srv.request, lambda line: None).reload("trml")
+            assert ok, why
+        finally:
+            stop.set()
+            th.join(60)
+        assert seen
+        for got in seen:
+            assert not isinstance(got, tuple) or (got[0] in INTERNAL.values() and "is not healthy" in got[1]), got
+        for protocol, got in _plain(srv, clip, TEXT).items():
+            assert not isinstance(got, tuple) and abs(float(got[0]) - want) <= TOL, (protocol, got)
+    finally:
+        srv.stop(timeout=2.0)
+
+
 FAULTY = """
 import triton_python_backend_utils as pb_utils
 

@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 
 from export_fixtures import bundle
-from serving_fixtures import classification_bundle, router_batches, send_together, small_batch_server, sample_clips
-from trml_edge.errors import ConfigError
+from serving_fixtures import (classification_bundle, router_batches, sample_clips, send_together, settled,
+                              small_batch_server)
+from trml_edge.errors import ConfigError, RequestError
 from trml_edge.graphs import GRAPH_NAMES
 from trml_edge.routing import COMPLETE, TEXT_MISSING, VISUAL_MISSING
 from trml_edge.runtime import Pipeline, load_bundle
@@ -120,7 +121,7 @@ def test_a_group_equals_its_requests_one_by_one_and_chunks_change_nothing(clips)
 # --- on a real tritonserver ---
 
 def _metric(srv, name: str, **labels) -> float:
-    with urllib.request.urlopen(f"http://{srv.host}:{srv.metrics_port}/metrics") as r:
+    with urllib.request.urlopen(srv.metrics_url) as r:
         text = r.read().decode()
     total = 0.0
     for line in text.splitlines():
@@ -164,21 +165,20 @@ def test_graph_rows_and_failures_are_counted(clips):
     srv = small_batch_server("classification", layout="fused")
     c = TritonClient(srv.url)
 
-    def counts():
-        time.sleep(1.2)  # past the router's 0.5 s flush
-        return (_metric(srv, "trml_graph_rows_total", model="trml", graph="image_encoder"),
-                _metric(srv, "trml_graph_rows_total", model="trml", graph="text_encoder"),
-                _metric(srv, "trml_requests_total", model="trml", scenario=VISUAL_MISSING, outcome="client_error"))
-
+    reads = (lambda: _metric(srv, "trml_graph_rows_total", model="trml", graph="image_encoder"),
+             lambda: _metric(srv, "trml_graph_rows_total", model="trml", graph="text_encoder"),
+             lambda: _metric(srv, "trml_requests_total", model="trml", scenario=VISUAL_MISSING,
+                             outcome="client_error"))
     model_frames = Pipeline(classification_bundle()).max_frames
     long = np.concatenate([clips[1][0]] * model_frames)  # more frames than the model takes: sub-sampled
-    frames0, text_calls0, bad0 = counts()
+    frames0, text_calls0, bad0 = (settled(r) for r in reads)  # the counters the router sends every 0.5 s
     c.infer(clips[0][0], None)
     c.infer(long, None)
     c.infer(None, "only words")
-    with pytest.raises(Exception, match="TEXT is empty"):
+    with pytest.raises(RequestError, match="TEXT is empty"):
         c.infer(None, " ")
-    frames1, text_calls1, bad1 = counts()
+    want = (frames0 + min(len(clips[0][0]), model_frames) + model_frames, text_calls0 + 1, bad0 + 1)
+    frames1, text_calls1, bad1 = (settled(r, w) for r, w in zip(reads, want))
     assert frames1 - frames0 == min(len(clips[0][0]), model_frames) + model_frames
     assert text_calls1 - text_calls0 == 1 and bad1 - bad0 == 1
     c.close()

@@ -2,9 +2,10 @@
 
 A graph model's Python-backend stub, then the router's (ensemble layout), or the router's stub, which runs every
 graph (fused layout), is killed with SIGKILL while 8 clients send the three scenarios. Checked: every answer that
-succeeds equals the runtime's; every failure is retryable (503, or Triton's 500 naming the dead process, or its
-404 while the model reloads); the model is reloaded within 10 s without restarting the healthy ones; readiness is
-not 200 while it is broken; memory stays bounded. Bounded in requests and time.
+succeeds equals the runtime's; a request sent to the dead process fails, and every failure is retryable (503, or
+Triton's 500 naming the dead process) and names what died; none is Triton's 404 (the supervisor reloads in the
+background, so the model never leaves the repository); the model is reloaded within 10 s without restarting the
+healthy ones; memory stays bounded. Bounded in requests and time.
 """
 
 from __future__ import annotations
@@ -49,7 +50,6 @@ def test_killed_stubs_are_reloaded_under_load(cases, layout, killed):
     srv = TritonServer(repository(layout=layout), supervise=True, log=lines.append).start()
     stop = threading.Event()
     results: list[tuple[float, int, object]] = []  # (time, case, output or exception)
-    ready: list[tuple[float, bool]] = []
     lock = threading.Lock()
 
     def client_loop(k: int) -> None:
@@ -66,13 +66,7 @@ def test_killed_stubs_are_reloaded_under_load(cases, layout, killed):
             i += 1
         c.close()
 
-    def ready_loop() -> None:
-        while not stop.is_set():
-            ready.append((time.monotonic(), srv.ready()))
-            time.sleep(0.02)
-
     threads = [threading.Thread(target=client_loop, args=(k,)) for k in range(8)]
-    threads.append(threading.Thread(target=ready_loop))
     try:
         for th in threads:
             th.start()
@@ -103,6 +97,7 @@ def test_killed_stubs_are_reloaded_under_load(cases, layout, killed):
         for th in threads:
             th.join(60)
         events = list(srv.supervisor.events) if srv.supervisor else []
+        ready_after = srv.ready()
         srv.stop(timeout=2.0)  # a model whose stub was killed holds Triton's graceful exit for 10 s: not under test
 
     failed = [r for _, _, r in results if isinstance(r, Exception)]
@@ -121,9 +116,16 @@ def test_killed_stubs_are_reloaded_under_load(cases, layout, killed):
         assert ev[1]["seconds"] < RELOAD_S
         assert any(model in ln and "died" in ln for ln in lines) and any(model in ln and "reloaded in" in ln
                                                                        for ln in lines)
-        # readiness said "not ready" between the kill and the reload's end
-        window = [ok for tm, ok in ready if t_kill <= tm <= t_kill + ev[1]["seconds"] + 0.5]
-        assert window and not all(window), (model, window[:20])
-    # the failures name the model that was down and say to retry
-    assert any(killed[0] in str(r) for _, r in failures) or not failures
+        # the outage was real and ended with the reload: the router's stub is always busy under 8 clients, so the
+        # batch it held when it died failed; nothing failed after the reload plus the dead process's last answers
+        window = [r for tm, r in failures if t_kill <= tm <= t_kill + ev[1]["since_death"] + 1.5]
+        if model == "trml":
+            assert window and all("trml_0_0" in str(r) for r in window), (model, window[:3])
+    late = [(tm, r) for tm, r in failures if not any(t <= tm <= t + RELOAD_S for _, t in kills)]
+    assert not late, late[:3]
+    # every failure names a model that was down, and none is Triton's 404 for a model outside the repository
+    named = [r for _, r in failures if not any(m in str(r) for m in killed)]
+    assert not named, [str(r)[:300] for r in named[:3]]
+    assert not [r for _, r in failures if "has no available versions" in str(r) or getattr(r, "status", "") == "404"]
+    assert ready_after
     assert rss_after <= rss_warm + max(50.0, 0.10 * rss_warm), (rss_warm, rss_after)

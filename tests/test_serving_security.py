@@ -63,6 +63,9 @@ def _grpc_admin_calls(c, config: str, code: bytes) -> dict:
         "repository index": lambda: c.get_model_repository_index(),
         "shared-memory registration": lambda: c.register_system_shared_memory("r", "/trml_edge_test", 64),
         "shared-memory status": lambda: c.get_system_shared_memory_status(),
+        "CUDA shared-memory registration": lambda: c.register_cuda_shared_memory("r", b"h" * 64, 0, 64),
+        "CUDA shared-memory status": lambda: c.get_cuda_shared_memory_status(),
+        "CUDA shared-memory unregistration": lambda: c.unregister_cuda_shared_memory("r"),
         "trace settings": lambda: c.update_trace_settings(settings={"trace_level": ["TIMESTAMPS"]}),
         "log settings": lambda: c.update_log_settings(settings={"log_verbose_level": 1}),
     }
@@ -85,6 +88,11 @@ def test_anonymous_admin_calls_are_refused_and_client_apis_stay_open(tmp_path):
         "shared-memory registration": ("/v2/systemsharedmemory/region/r/register",
                                        {"key": "/trml_edge_test", "offset": 0, "byte_size": 64}),
         "shared-memory status": ("/v2/systemsharedmemory/status", None),
+        "CUDA shared-memory registration": ("/v2/cudasharedmemory/region/r/register",
+                                            {"raw_handle": {"b64": base64.b64encode(b"h" * 64).decode()},
+                                             "device_id": 0, "byte_size": 64}),
+        "CUDA shared-memory status": ("/v2/cudasharedmemory/status", None),
+        "CUDA shared-memory unregistration": ("/v2/cudasharedmemory/region/r/unregister", {}),
         "trace settings": ("/v2/trace/setting", {"trace_level": ["TIMESTAMPS"]}),
         "log settings": ("/v2/logging", {"log_verbose_level": 1}),
     }
@@ -103,7 +111,9 @@ def test_anonymous_admin_calls_are_refused_and_client_apis_stay_open(tmp_path):
             call()
         assert e.value.status() == "StatusCode.UNAVAILABLE" and "restricted" in e.value.message(), what
         bodies.append(e.value.message())
-    time.sleep(0.5)  # a load, had it been accepted, runs initialize at once
+    # the server never took the upload: no such model in its repository index (asked with the token)
+    status, body = srv.request("/v2/repository/index", b"{}")
+    assert status == 200 and "evil" not in {m["name"] for m in json.loads(body)}
     assert not marker.exists(), "an anonymous client ran code in the server"
 
     # what clients need: health, metadata, model config, statistics and inference, on both protocols
@@ -161,14 +171,52 @@ def test_open_admin_api_lets_the_upload_run_code(tmp_path):
 
 
 def _ports(line: str) -> tuple[int, int]:
-    m = re.search(r"HTTP http://[^:]+:(\d+)\s+gRPC grpcs://[^:]+:(\d+) \(TLS\)", line)
+    m = re.search(r"HTTP http://127\.0\.0\.1:(\d+)\s+gRPC grpcs://127\.0\.0\.2:(\d+) \(TLS\)", line)
     assert m, line
     return int(m.group(1)), int(m.group(2))
 
 
-def test_serve_token_file_and_mutual_tls(tmp_path):
-    """`trml-edge serve` beyond loopback: the admin token only in the 0600 file the user asked for (and working
-    there, on HTTP and gRPC), gRPC only over mutual TLS, and the exposure spelt out in one line."""
+def _listening(port: int) -> set[str]:
+    """The addresses a TCP socket listens on at ``port``, read from the kernel (/proc/net/tcp and tcp6), not from
+    us; an IPv4-mapped IPv6 address (gRPC's sockets) reads as its IPv4 address."""
+    import ipaddress
+
+    out = set()
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            addr, p = local.split(":")
+            if state != "0A" or int(p, 16) != port:  # 0A: LISTEN
+                continue
+            raw = b"".join(bytes.fromhex(addr[i:i + 8])[::-1] for i in range(0, len(addr), 8))  # host-order words
+            ip = ipaddress.ip_address(raw)
+            out.add(str(getattr(ip, "ipv4_mapped", None) or ip))
+    return out
+
+
+def _refused(host: str, port: int) -> bool:
+    import socket
+
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+        return False
+    except ConnectionRefusedError:
+        return True
+
+
+def _wait_for(cond, timeout: float, what: str):
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, f"{what}: not within {timeout:.0f} s"
+        time.sleep(0.05)
+
+
+def test_serve_token_file_and_mutual_tls_with_http_kept_on_loopback(tmp_path):
+    """`trml-edge serve` with gRPC on another address and mutual TLS (127.0.0.2 stands for a network interface, so
+    the test opens nothing beyond the box): the admin token only in the 0600 file the user asked for (and working
+    there, on HTTP and gRPC), gRPC only over mutual TLS, and HTTP and metrics, which have no TLS, left on
+    127.0.0.1: the kernel shows where each endpoint listens, and a plaintext HTTP client finds nothing on gRPC's
+    address."""
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
 
@@ -176,7 +224,7 @@ def test_serve_token_file_and_mutual_tls(tmp_path):
     token_file = tmp_path / "admin.token"
     err_path = tmp_path / "serve.err"
     with open(err_path, "w") as err:
-        proc = subprocess.Popen([*CLI, "serve", str(repository()), "--host", "0.0.0.0", "--http-port", "0",
+        proc = subprocess.Popen([*CLI, "serve", str(repository()), "--host", "127.0.0.2", "--http-port", "0",
                                  "--grpc-port", "0", "--metrics-port", "0", "--admin-token-file", str(token_file),
                                  "--grpc-tls-cert", str(pki["server_cert"]), "--grpc-tls-key", str(pki["server_key"]),
                                  "--grpc-tls-client-ca", str(pki["ca"])],
@@ -188,10 +236,16 @@ def test_serve_token_file_and_mutual_tls(tmp_path):
             assert time.monotonic() < deadline and proc.poll() is None, err_path.read_text()
             out_lines.append(proc.stdout.readline())
         http_port, grpc_port = _ports(out_lines[-1])
+        metrics_port = int(re.search(r"metrics http://127\.0\.0\.1:(\d+)/metrics", out_lines[-1]).group(1))
         log_file = Path(re.search(r"\(log (.+)\)", out_lines[-1]).group(1))
         out_lines.append(proc.stdout.readline())
         assert "restricted to this run's token" in out_lines[-1] and str(token_file) in out_lines[-1]
-        url, grpc_url = f"127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}"
+        url, grpc_url = f"127.0.0.1:{http_port}", f"127.0.0.2:{grpc_port}"
+        # where each endpoint listens, as the kernel has it
+        assert _listening(http_port) == {"127.0.0.1"} and _listening(metrics_port) == {"127.0.0.1"}
+        assert _listening(grpc_port) == {"127.0.0.2"}
+        assert _refused("127.0.0.2", http_port) and _refused("127.0.0.2", metrics_port)
+        assert _http(url, "/v2/health/ready")[0] == 200
 
         assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
         token = token_file.read_text().strip()
@@ -204,9 +258,9 @@ def test_serve_token_file_and_mutual_tls(tmp_path):
         # with the token from the file, a user's tool may manage models; the supervisor leaves an unloaded one be
         status, text = _http(url, "/v2/repository/models/trml_stream/unload", {}, {ADMIN_HEADER: token})
         assert status == 200, text
-        time.sleep(2.0)
+        _wait_for(lambda: "model trml_stream: its stub process ended with an unload" in err_path.read_text(), 30,
+                  "the supervisor to see the unload for what it is")
         assert _http(url, "/v2/models/trml_stream/ready")[0] != 200
-        assert "model trml_stream: its stub process ended with an unload" in err_path.read_text()
         status, text = _http(url, "/v2/repository/models/trml_stream/load", {}, {ADMIN_HEADER: token})
         assert status == 200, text
         assert _http(url, "/v2/models/trml_stream/ready")[0] == 200
@@ -233,23 +287,64 @@ def test_serve_token_file_and_mutual_tls(tmp_path):
                                                                  str(pki["other_ca"]), "--tls-cert",
                                                                  str(pki["client_cert"]), "--tls-key",
                                                                  str(pki["client_key"])),
-                   "plaintext gRPC": client(f"grpc://{grpc_url}")}
+                   "plaintext gRPC": client(f"grpc://{grpc_url}"),
+                   "plaintext HTTP on gRPC's address": client(f"127.0.0.2:{http_port}")}
         for what, res in refused.items():
             lines = res.stderr.strip().splitlines()
-            assert res.returncode == 2 and len(lines) == 1 and "could not reach the server" in lines[0], (what, res)
+            assert res.returncode == 2 and len(lines) == 1, (what, res)
+            assert "could not reach the server" in lines[0] or "failed" in lines[0], (what, lines)
     finally:
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, err_path.read_text()
     stdout, stderr = "".join(out_lines) + rest, err_path.read_text()
-    assert re.search(r"listening on 0\.0\.0\.0 \(HTTP \d+, gRPC \d+, metrics \d+\): inference, health, metadata, "
-                     r"model config and statistics are open to anyone who can reach these ports; the admin APIs are "
-                     r"restricted to the per-run admin token; gRPC is TLS-encrypted and needs a client certificate",
-                     stderr), stderr
+    assert "admin token: on tritonserver's command line" in stderr  # serve says who on this box can read it
     for where, text in (("stdout", stdout), ("stderr", stderr), ("the server log", log_file.read_text())):
         assert token not in text, f"the admin token is in {where}"
     assert not token_file.exists(), "the dead run's token file was left behind"
     assert not marker.exists(), "an anonymous client ran code in the server"
+
+
+def _as_nobody(*argv: str, private_proc: bool = False) -> subprocess.CompletedProcess:
+    """Run ``argv`` as the unprivileged account ``nobody``; with ``private_proc``, in a mount namespace of its own
+    whose /proc is mounted hidepid=invisible (the hardening docs/serving.md advises), the rest of the box as is."""
+    drop = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", *argv]
+    if not private_proc:
+        return subprocess.run(drop, capture_output=True, timeout=60)
+    script = 'mount -t proc -o hidepid=invisible proc /proc && exec "$@"'
+    return subprocess.run(["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script, "sh", *drop],
+                          capture_output=True, timeout=60)
+
+
+def test_what_another_local_account_sees_of_the_admin_token():
+    """The admin token is on tritonserver's command line (the one place Triton reads it). Another local account
+    (``nobody``) reads it there unless /proc hides other accounts' processes (hidepid), and serve's line says which
+    holds on this box; with /proc mounted hidepid=invisible the same account finds no such process."""
+    import shutil
+
+    from trml_edge.serving.security import proc_hides_processes, token_visibility_note
+
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv (util-linux) to act as another local account")
+    srv = server()
+    token = srv.admin_headers()[ADMIN_HEADER]
+    res = _as_nobody("cat", f"/proc/{srv.proc.pid}/cmdline")
+    hidden, how = proc_hides_processes()
+    assert (token.encode() in res.stdout) is (not hidden), (hidden, how, res.returncode)
+    note = token_visibility_note(ServerSecurity())
+    assert ("every local account can read" in note) is (not hidden) and how in note
+    if shutil.which("unshare") is None:
+        return
+    probe = (f"from trml_edge.serving.security import proc_hides_processes as p; import sys; h, how = p(); "
+             f"sys.stdout.write(how + '|' + open('/proc/{srv.proc.pid}/cmdline', 'rb').read().decode(errors='replace'))")
+    hardened = _as_nobody(sys.executable, "-c", probe, private_proc=True)
+    if b"mount:" in hardened.stderr or b"unshare:" in hardened.stderr:
+        pytest.skip(f"no private /proc mount here: {hardened.stderr.decode(errors='replace').strip()}")
+    assert hardened.returncode != 0 and b"No such file" in hardened.stderr, hardened  # the process is invisible
+    assert token.encode() not in hardened.stdout + hardened.stderr
+    mounts = _as_nobody(sys.executable, "-c", "from trml_edge.serving.security import proc_hides_processes as p; "
+                        "print(p())", private_proc=True)
+    assert mounts.stdout.decode().strip() == "(True, 'hidepid=invisible')", mounts
 
 
 # --- without a server ---
@@ -261,15 +356,85 @@ def test_restriction_covers_the_admin_groups_on_both_protocols():
 
 
 def test_token_file_is_private_and_atomic(tmp_path):
+    """A reader that reads the file while serve rewrites it sees the old whole token or the new whole token, never a
+    part or an empty file, and never a mode other than 0600; a link planted at the temporary path is not followed;
+    a write that fails leaves the old file and no temporary file."""
+    import threading
+
     path = tmp_path / "token"
-    path.write_text("an older run's token\n")
+    tokens = ["A" * 4096, "B" * 4096]  # long enough that a non-atomic write would be caught half done
+    write_token_file(path, tokens[0])
+    seen, bad, stop = set(), [], threading.Event()
+
+    def reader():
+        while not stop.is_set():
+            try:
+                text, mode = path.read_text(), stat.S_IMODE(path.stat().st_mode)
+            except FileNotFoundError:
+                bad.append("missing")
+                continue
+            seen.add(text)
+            if text.strip() not in tokens or mode != 0o600:
+                bad.append((len(text), oct(mode)))
+
     old = os.umask(0)  # even with a permissive umask, the file is never readable by others
+    th = threading.Thread(target=reader)
+    th.start()
     try:
-        write_token_file(path, "s3cret")
+        for i in range(400):
+            write_token_file(path, tokens[i % 2])
     finally:
+        stop.set()
+        th.join()
         os.umask(old)
-    assert path.read_text() == "s3cret\n" and stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert not bad, bad[:5]
+    assert seen == {t + "\n" for t in tokens}  # the reader did see both generations
     assert [p.name for p in tmp_path.iterdir()] == ["token"]  # no temporary file left
+    # an attacker's link at the temporary path: refused, not followed
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.write_text("untouched")
+    os.symlink(elsewhere, path.with_name(f".{path.name}.{os.getpid()}.tmp"))
+    with pytest.raises(FileExistsError):
+        write_token_file(path, "C" * 64)
+    assert elsewhere.read_text() == "untouched" and path.read_text() == tokens[1] + "\n"
+    os.unlink(path.with_name(f".{path.name}.{os.getpid()}.tmp"))
+    # a write that fails half way (the target is now a folder): the temporary file is gone
+    path.unlink()
+    path.mkdir()
+    with pytest.raises(OSError):
+        write_token_file(path, "D" * 64)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere", "token"]
+
+
+def test_token_file_problems_are_one_line_before_triton_starts(tmp_path):
+    from trml_edge.serving.security import check_token_file
+
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "target")
+    theirs = tmp_path / "theirs"
+    theirs.write_text("a token of someone else's run\n")
+    cases = {folder: "is a folder; give the path of a file", link: "is a symbolic link",
+             tmp_path / "nowhere" / "t": "does not exist; create it", Path("/proc/trml-edge-token"): "cannot write in /proc"}
+    if os.geteuid() == 0:
+        os.chown(theirs, 65534, 65534)
+        cases[theirs] = "belongs to another user (uid 65534)"
+    for path, message in cases.items():
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            check_token_file(path)
+    mine = tmp_path / "mine"
+    mine.write_text("a dead run's token\n")  # our own leftover: overwritten when the server is ready
+    check_token_file(mine)
+    # through the CLI: exit 2 at once, with the path and the reason; no server was started
+    t0 = time.monotonic()
+    res = subprocess.run([*CLI, "serve", str(repository()), "--http-port", "0", "--grpc-port", "0",
+                          "--metrics-port", "0", "--admin-token-file", str(folder)],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "tritonserver ready" not in res.stdout, res
+    (line,) = res.stderr.strip().splitlines()
+    assert str(folder) in line and "is a folder" in line, line
+    assert time.monotonic() - t0 < 60  # not the 300 s wait for a readiness that never came
 
 
 def test_security_options_are_checked_before_the_server_starts(tmp_path):
@@ -287,19 +452,67 @@ def test_security_options_are_checked_before_the_server_starts(tmp_path):
     res = subprocess.run([*CLI, "serve", str(tmp_path), "--grpc-tls-cert", str(pki["server_cert"])],
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 2 and "needs --grpc-tls-cert and --grpc-tls-key together" in res.stderr
+    # the open admin API beyond loopback is code execution for the network: refused without the second flag
+    lan = {"http": "0.0.0.0", "grpc": "0.0.0.0", "metrics": "127.0.0.1"}
+    with pytest.raises(ConfigError, match="--open-admin-api on 0.0.0.0 would let anyone"):
+        ServerSecurity(open_admin_api=True).validate(lan)
+    ServerSecurity(open_admin_api=True, open_admin_beyond_loopback=True).validate(lan)
+    ServerSecurity(open_admin_api=True).validate({"http": "127.0.0.1", "grpc": "::1", "metrics": "localhost"})
+    res = subprocess.run([*CLI, "serve", str(repository()), "--host", "0.0.0.0", "--open-admin-api"],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and "--open-admin-api-beyond-loopback" in res.stderr, res
+
+
+def test_each_endpoint_binds_apart_and_gRPC_TLS_keeps_plaintext_on_loopback():
+    from trml_edge.serving.security import endpoint_hosts
+
+    assert endpoint_hosts() == {"http": "127.0.0.1", "grpc": "127.0.0.1", "metrics": "127.0.0.1"}
+    assert endpoint_hosts("0.0.0.0") == {"http": "0.0.0.0", "grpc": "0.0.0.0", "metrics": "0.0.0.0"}
+    assert endpoint_hosts("0.0.0.0", grpc_tls=True) == {"http": "127.0.0.1", "grpc": "0.0.0.0", "metrics": "127.0.0.1"}
+    assert endpoint_hosts("0.0.0.0", http_host="10.0.0.5", grpc_tls=True) == {
+        "http": "10.0.0.5", "grpc": "0.0.0.0", "metrics": "127.0.0.1"}
 
 
 def test_exposure_notes():
-    ports = {"HTTP": 8000, "gRPC": 8001, "metrics": 8002}
-    assert exposure_notes("127.0.0.1", ports, ServerSecurity()) == []
-    assert exposure_notes("localhost", ports, ServerSecurity()) == []
-    assert exposure_notes("::1", ports, ServerSecurity()) == []
-    (line,) = exposure_notes("192.168.1.20", ports, ServerSecurity())
-    assert "open to anyone who can reach these ports" in line and "restricted to the per-run admin token" in line
-    assert "unencrypted" in line and "docs/serving.md" in line
-    warning, line = exposure_notes("0.0.0.0", ports, ServerSecurity(open_admin_api=True))
+    ports = {"http": 8000, "grpc": 8001, "metrics": 8002}
+    every = {e: "0.0.0.0" for e in ports}
+    loop = {e: "127.0.0.1" for e in ports}
+    assert exposure_notes(loop, ports, ServerSecurity()) == []
+    assert exposure_notes({e: "localhost" for e in ports}, ports, ServerSecurity()) == []
+    assert exposure_notes({e: "::1" for e in ports}, ports, ServerSecurity()) == []
+    notes = exposure_notes(every, ports, ServerSecurity())
+    assert "open to anyone who can reach these ports" in notes[0] and "restricted to the per-run admin token" in notes[0]
+    assert "HTTP 0.0.0.0:8000, gRPC 0.0.0.0:8001, metrics 0.0.0.0:8002" in notes[0]
+    assert any(n.startswith("WARNING: gRPC is plaintext") for n in notes)
+    assert any(n.startswith("WARNING: HTTP on 0.0.0.0:8000 is plaintext") and "TLS proxy" in n for n in notes)
+    assert any(n.startswith("WARNING: metrics on 0.0.0.0:8002 are plaintext") for n in notes)
+    # the hardened recipe: gRPC beyond loopback with mutual TLS, HTTP and metrics kept home, and said so
+    pki_less = GrpcTLS(Path("c.pem"), Path("k.pem"), Path("ca.pem"))
+    hardened = exposure_notes({"http": "127.0.0.1", "grpc": "0.0.0.0", "metrics": "127.0.0.1"}, ports,
+                              ServerSecurity(grpc_tls=pki_less))
+    assert "gRPC 0.0.0.0:8001" in hardened[0] and "HTTP" not in hardened[0]
+    assert "gRPC is TLS-encrypted and answers only clients with a certificate the CA signed" in hardened
+    assert not any("plaintext" in n for n in hardened)
+    assert hardened[-1].startswith("HTTP and metrics stay on loopback because gRPC has TLS")
+    # HTTP opened by name next to gRPC TLS: the plaintext warning names it
+    opened = exposure_notes({"http": "10.0.0.5", "grpc": "0.0.0.0", "metrics": "127.0.0.1"}, ports,
+                            ServerSecurity(grpc_tls=pki_less))
+    assert any(n.startswith("WARNING: HTTP on 10.0.0.5:8000 is plaintext") for n in opened)
+    warning, line, *_ = exposure_notes(every, ports, ServerSecurity(open_admin_api=True))
     assert warning.startswith("WARNING: --open-admin-api") and "runs its code on this machine" in warning
     assert "the admin APIs are open to them too" in line
+
+
+def test_proc_mount_options_are_read_for_hidepid():
+    from trml_edge.serving.security import proc_hides_processes
+
+    assert proc_hides_processes("proc /proc proc rw,nosuid,nodev,noexec,relatime 0 0\n") == (False, "without hidepid")
+    assert proc_hides_processes("proc /proc proc rw,relatime,hidepid=2 0 0\n") == (True, "hidepid=invisible")
+    assert proc_hides_processes("proc /proc proc rw,hidepid=invisible 0 0\n"
+                                "proc /proc proc rw,relatime 0 0\n") == (False, "without hidepid")  # the last mount
+    hidden, how = proc_hides_processes("proc /proc proc rw,hidepid=noaccess,gid=27 0 0\n")
+    assert hidden and "gid=27" in how
+    assert proc_hides_processes("sysfs /sys sysfs rw 0 0\n")[0] is False
 
 
 def test_client_tls_arguments_are_checked(tmp_path):

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from export_fixtures import bundle, workdir
-from serving_fixtures import LAYOUTS
+from serving_fixtures import LAYOUTS, settled
 from test_serving_live import _group_rss_mb
 from test_stream_runtime import PUSHES, _frames
 from trml_edge.errors import RequestError, StreamLimitError
@@ -63,7 +63,7 @@ def pipe():
 
 def metric(srv, name: str, **labels) -> float:
     """One sample of the router's custom metrics (summed over instances)."""
-    with urllib.request.urlopen(f"http://{srv.host}:{srv.metrics_port}/metrics") as r:
+    with urllib.request.urlopen(srv.metrics_url) as r:
         text = r.read().decode()
     total, found = 0.0, False
     for line in text.splitlines():
@@ -79,16 +79,18 @@ def live(srv) -> int:
     return int(metric(srv, "trml_stream_live_streams"))
 
 
-def frames_encoded(srv) -> int:
+def frames_encoded(srv, expect: int | None = None) -> int:
     """Frames the image encoder has run on for streams: ensemble layout, the sum of the image_encoder model's
     executed batch sizes (Triton's statistics); fused, the stream router's own counter of its in-process graph
-    runs (sent every 0.5 s: wait for it)."""
+    runs, which it sends every 0.5 s: waited for until it reaches ``expect``, or has settled."""
     if srv.layout() == "fused":
-        time.sleep(1.2)
-        try:
-            return int(metric(srv, "trml_graph_rows_total", model="trml_stream", graph="image_encoder"))
-        except AssertionError:  # no frame encoded yet: no sample
-            return 0
+        def read():
+            try:
+                return int(metric(srv, "trml_graph_rows_total", model="trml_stream", graph="image_encoder"))
+            except AssertionError:  # no frame encoded yet: no sample
+                return 0
+
+        return settled(read, expect)
     with urllib.request.urlopen(f"http://{srv.url}/v2/models/image_encoder/stats") as r:
         s = json.loads(r.read())["model_stats"][0]
     return sum(int(b["batch_size"]) * int(b["compute_infer"]["count"]) for b in s.get("batch_stats", []))
@@ -131,7 +133,7 @@ def test_the_stream_equals_the_runtime_stream_at_every_step(srv, pipe):
         assert _close(got, want), (i, got, want)
         sent += min(k, pipe.max_frames)  # of a burst longer than the window only its tail is encoded
     assert _close(s.close(), want)  # the end flag alone answers for the window as it is
-    assert frames_encoded(srv) - before == sent
+    assert frames_encoded(srv, before + sent) - before == sent
     assert live(srv) == 0  # the end flag freed it
 
 

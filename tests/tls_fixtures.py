@@ -1,5 +1,6 @@
-"""A throw-away certificate authority for the TLS tests: a CA, a server certificate for 127.0.0.1 and a client
-certificate, each as PEM files in a folder of the test's."""
+"""A throw-away certificate authority for the TLS tests: a CA, a server certificate for 127.0.0.1 and 127.0.0.2 (a
+second loopback address, for a gRPC endpoint bound apart from HTTP) and a client certificate, each as PEM files in
+a folder of the test's."""
 
 from __future__ import annotations
 
@@ -49,7 +50,8 @@ def make_pki(folder: Path) -> dict[str, Path]:
         if ca_name == "ca":
             ca_key, ca_cert = key, cert
     for who, usage, san in (("server", ExtendedKeyUsageOID.SERVER_AUTH,
-                             [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                             [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                              x509.IPAddress(ipaddress.ip_address("127.0.0.2"))]),
                             ("client", ExtendedKeyUsageOID.CLIENT_AUTH, None)):
         key = ec.generate_private_key(ec.SECP256R1())
         cert = build(f"trml-edge test {who}", key, ca_cert.subject, ca_key, ca=False, usage=usage, san=san)

@@ -50,6 +50,8 @@ def build(
                                                           "stream is freed"),
     stream_queue_delay_us: int = typer.Option(0, help="trml_stream: how long an idle stream router waits to "
                                                       "batch updates of several streams (us)"),
+    stream_instances: int = typer.Option(1, help="trml_stream: router instances (each a process; a stream stays on "
+                                                 "one, and each holds up to --stream-max-streams)"),
     streams: bool = typer.Option(True, "--streams/--no-streams", help="write the trml_stream router (live "
                                                                        "streams on Triton's sequence batcher)"),
 ) -> None:
@@ -69,7 +71,7 @@ def build(
     from trml_edge.serving.stream_repo import StreamSettings
 
     cfg.stream = StreamSettings(enabled=streams, max_streams=stream_max_streams, idle_timeout_s=stream_idle_timeout,
-                                max_queue_delay_us=stream_queue_delay_us)
+                                max_queue_delay_us=stream_queue_delay_us, instances=stream_instances)
     repo = build_repository(cfg)
     how = ("fused layout: the routers run the graphs with ONNX Runtime in process" if cfg.resolved_layout == "fused"
            else f"ensemble layout: a {backend} model per graph, an ensemble per scenario, the trml router")
@@ -82,7 +84,12 @@ def serve(
     http_port: int = typer.Option(8000, help="HTTP port (0: a free one)"),
     grpc_port: int = typer.Option(8001, help="gRPC port (0: a free one)"),
     metrics_port: int = typer.Option(8002, help="metrics port (0: a free one)"),
-    host: str = typer.Option("127.0.0.1", help="address to listen on (0.0.0.0 for every interface)"),
+    host: str = typer.Option("127.0.0.1", help="address to listen on (0.0.0.0 for every interface); with gRPC TLS "
+                                               "only gRPC listens there, HTTP and metrics stay on 127.0.0.1"),
+    http_host: Optional[str] = typer.Option(None, help="address of the HTTP endpoint, which has no TLS [default: "
+                                                       "--host, or 127.0.0.1 with gRPC TLS]"),
+    metrics_host: Optional[str] = typer.Option(None, help="address of the metrics endpoint, which has no TLS "
+                                                          "[default: --host, or 127.0.0.1 with gRPC TLS]"),
     tritonserver: Optional[Path] = typer.Option(None, help="tritonserver binary [default: the one bundled by "
                                                            "nvidia-pytriton]; JetPack: /opt/tritonserver/bin/"
                                                            "tritonserver"),
@@ -96,6 +103,9 @@ def serve(
     open_admin_api: bool = typer.Option(False, "--open-admin-api",
                                         help="answer the model-repository, shared-memory, trace and logging APIs "
                                              "without the token: any client could then run code on this box"),
+    open_admin_api_beyond_loopback: bool = typer.Option(
+        False, "--open-admin-api-beyond-loopback",
+        help="with --open-admin-api and an endpoint beyond loopback: yes, everyone on that network may run code here"),
     grpc_tls_cert: Optional[Path] = typer.Option(None, help="PEM certificate: serve gRPC over TLS (with "
                                                             "--grpc-tls-key)"),
     grpc_tls_key: Optional[Path] = typer.Option(None, help="PEM private key of --grpc-tls-cert"),
@@ -108,7 +118,8 @@ def serve(
     exits with status 2 and the reason. Triton's admin APIs (model repository, shared memory, trace, logging)
     answer only requests that carry this run's secret token (see docs/serving.md, "Security")."""
     from trml_edge.errors import ConfigError
-    from trml_edge.serving.security import RESTRICTED_APIS, GrpcTLS, ServerSecurity, exposure_notes
+    from trml_edge.serving.security import (RESTRICTED_APIS, GrpcTLS, ServerSecurity, exposure_notes,
+                                            token_visibility_note)
     from trml_edge.serving.plans import check_plan_versions
     from trml_edge.serving.server import TritonServer
 
@@ -119,10 +130,12 @@ def serve(
         raise ConfigError("gRPC TLS needs --grpc-tls-cert and --grpc-tls-key together (--grpc-tls-client-ca "
                           "adds mutual TLS to them)")
     tls = GrpcTLS(grpc_tls_cert, grpc_tls_key, grpc_tls_client_ca) if grpc_tls_cert is not None else None
-    security = ServerSecurity(open_admin_api=open_admin_api, admin_token_file=admin_token_file, grpc_tls=tls)
-    check_plan_versions(repo, tritonserver, backend_directory, log=log)
+    security = ServerSecurity(open_admin_api=open_admin_api, admin_token_file=admin_token_file, grpc_tls=tls,
+                              open_admin_beyond_loopback=open_admin_api_beyond_loopback)
     srv = TritonServer(repo, http_port or None, grpc_port or None, metrics_port or None, tritonserver,
-                       backend_directory, host, log_file, supervise=supervise, log=log, security=security)
+                       backend_directory, host, log_file, supervise=supervise, log=log, security=security,
+                       http_host=http_host, metrics_host=metrics_host)  # every option checked here
+    check_plan_versions(repo, tritonserver, backend_directory, log=log)
     stop = {"signal": None}
 
     def on_signal(signum, _frame):
@@ -131,9 +144,10 @@ def serve(
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         srv.start()
-        grpc = f"grpcs://{srv.host}:{srv.grpc_port} (TLS)" if tls else f"{srv.host}:{srv.grpc_port}"
-        typer.echo(f"tritonserver ready: HTTP http://{srv.host}:{srv.http_port}  gRPC {grpc}  "
-                   f"metrics http://{srv.host}:{srv.metrics_port}/metrics  (log {srv.log_file})")
+        h = srv.hosts
+        grpc = f"grpcs://{h['grpc']}:{srv.grpc_port} (TLS)" if tls else f"{h['grpc']}:{srv.grpc_port}"
+        typer.echo(f"tritonserver ready: HTTP http://{h['http']}:{srv.http_port}  gRPC {grpc}  "
+                   f"metrics http://{h['metrics']}:{srv.metrics_port}/metrics  (log {srv.log_file})")
         groups = ", ".join(RESTRICTED_APIS)
         if open_admin_api:
             typer.echo(f"admin APIs ({groups}): OPEN to every client")
@@ -141,9 +155,12 @@ def serve(
             where = (f"token in {admin_token_file}" if admin_token_file else
                      "held by serve alone; --admin-token-file PATH writes a copy")
             typer.echo(f"admin APIs ({groups}): restricted to this run's token ({where})")
-        for note in exposure_notes(srv.host, {"HTTP": srv.http_port, "gRPC": srv.grpc_port,
-                                              "metrics": srv.metrics_port}, security):
+        for note in exposure_notes(srv.hosts, {"http": srv.http_port, "grpc": srv.grpc_port,
+                                               "metrics": srv.metrics_port}, security):
             log(note)
+        visibility = token_visibility_note(security)
+        if visibility:
+            log(visibility)
         layout = srv.layout()
         typer.echo(f"layout: {layout}" + {"fused": " (the routers run every graph in process)",
                                           "ensemble": " (a Triton model per graph, an ensemble per scenario)"}

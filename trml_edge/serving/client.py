@@ -128,6 +128,8 @@ class TritonClient:
             res = self._client().infer(self.model, self.inputs(frames, text), outputs=outputs)
         except exc as e:
             raise error_from(e) from None
+        except OSError as e:  # HTTP: nothing listens there (gRPC says so as UNAVAILABLE, above)
+            raise self.unreachable(e) from None
         virtual = res.as_numpy("VIRTUAL_MODALITY").reshape(-1)[0]
         out = res.as_numpy("OUTPUT")[0]  # (C,)
         return ClientResult(out[0] if out.shape == (1,) else out,
@@ -141,12 +143,21 @@ class TritonClient:
             cfg = self._client().get_model_config(self.model)
         except exc as e:
             raise error_from(e) from None
+        except OSError as e:
+            raise self.unreachable(e) from None
         if isinstance(cfg, dict):  # HTTP: the config as JSON
             value = cfg.get("parameters", {}).get("layout", {}).get("string_value")
         else:  # gRPC: a ModelConfigResponse protobuf
             params = cfg.config.parameters
             value = params["layout"].string_value if "layout" in params else None
         return value or "ensemble"
+
+    def unreachable(self, e: OSError) -> ServingUnavailableError:
+        err = ServingUnavailableError(f"could not reach the server at {self.address} over {self.protocol.upper()} "
+                                      f"({e.strerror or e}); check the address and that `trml-edge serve` is running "
+                                      "there (with gRPC TLS on, serve keeps HTTP on 127.0.0.1)")
+        err.status = ""
+        return err
 
     def close(self) -> None:
         with self._lock:

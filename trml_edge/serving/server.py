@@ -33,9 +33,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from trml_edge.errors import MissingDependencyError, ServingError
-from trml_edge.serving.security import (ADMIN_HEADER, ServerSecurity, new_token, remove_token_file, restriction_flags,
-                                        write_token_file)
+from trml_edge.errors import ConfigError, MissingDependencyError, ServingError
+from trml_edge.serving.security import (ADMIN_HEADER, ServerSecurity, connect_host, endpoint_hosts, new_token,
+                                        remove_token_file, restriction_flags, write_token_file)
 
 HOST = "127.0.0.1"
 
@@ -109,7 +109,8 @@ class TritonServer:
                  metrics_port: int | None = None, tritonserver: str | Path | None = None,
                  backend_directory: str | Path | None = None, host: str = HOST, log_file: str | Path | None = None,
                  startup_timeout: float = 300.0, supervise: bool = False, log=None,
-                 security: ServerSecurity | None = None):
+                 security: ServerSecurity | None = None, http_host: str | None = None,
+                 metrics_host: str | None = None):
         self.repo = Path(repo).resolve()
         self.host, self.timeout = host, startup_timeout
         self.ports = {"http": (http_port, "--http-port"), "grpc": (grpc_port, "--grpc-port"),
@@ -121,17 +122,24 @@ class TritonServer:
         self.supervise, self.log = supervise, log or (lambda line: None)
         self.supervisor = None
         self.security = security or ServerSecurity()
-        self.security.validate()
+        # where each endpoint listens: gRPC on host; HTTP and metrics too, but on loopback when gRPC has TLS
+        self.hosts = endpoint_hosts(host, http_host, metrics_host, self.security.grpc_tls is not None)
+        self.security.validate(self.hosts)
         # the per-run admin secret: on Triton's command line and in request()'s header, never printed
         self._token = None if self.security.open_admin_api else new_token()
 
     @property
     def url(self) -> str:
-        return f"{self.host}:{self.http_port}"
+        """HOST:PORT of the HTTP endpoint, as a client on this machine reaches it."""
+        return f"{connect_host(self.hosts['http'])}:{self.http_port}"
 
     @property
     def grpc_url(self) -> str:
-        return f"{self.host}:{self.grpc_port}"
+        return f"{connect_host(self.hosts['grpc'])}:{self.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{connect_host(self.hosts['metrics'])}:{self.metrics_port}/metrics"
 
     def _command(self) -> tuple[list[str], dict[str, str]]:
         if not (self.repo.is_dir() and any(self.repo.glob("*/config.pbtxt"))):
@@ -150,11 +158,12 @@ class TritonServer:
         # the Python-backend stub embeds the first python3 on PATH: make it this interpreter (its venv, numpy, ORT)
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         for name, (port, flag) in self.ports.items():
-            setattr(self, f"{name}_port", check_port(port, flag, self.host) if port else free_port(self.host))
+            host = self.hosts[name]
+            setattr(self, f"{name}_port", check_port(port, flag, host) if port else free_port(host))
         cmd = [str(binary), "--model-repository", str(self.repo), "--backend-directory", str(backends),
-               "--http-address", self.host, "--http-port", str(self.http_port),
-               "--grpc-address", self.host, "--grpc-port", str(self.grpc_port),
-               "--metrics-address", self.host, "--metrics-port", str(self.metrics_port),
+               "--http-address", self.hosts["http"], "--http-port", str(self.http_port),
+               "--grpc-address", self.hosts["grpc"], "--grpc-port", str(self.grpc_port),
+               "--metrics-address", self.hosts["metrics"], "--metrics-port", str(self.metrics_port),
                "--exit-on-error", "true", "--strict-readiness", "true", "--exit-timeout-secs", "10",
                "--disable-auto-complete-config"]
         if self.supervise:  # the supervisor reloads a broken model through the repository API
@@ -182,19 +191,32 @@ class TritonServer:
                                    f"{self.failure()}; fix that model or rebuild the repository with `trml-edge "
                                    f"triton build` (full log: {self.log_file})")
             try:
-                if _get(f"http://{self.url}/v2/health/ready", timeout=1.0)[0] == 200:
-                    if self.security.admin_token_file is not None:
-                        write_token_file(self.security.admin_token_file, self._token)
-                    if self.supervise:
-                        from trml_edge.serving.supervisor import Supervisor
+                ready = _get(f"http://{self.url}/v2/health/ready", timeout=1.0)[0] == 200
+            except OSError:  # not listening yet
+                ready = False
+            if ready:
+                self._token_file()
+                if self.supervise:
+                    from trml_edge.serving.supervisor import Supervisor
 
-                        self.supervisor = Supervisor(self.proc.pid, self.request, self.log).start()
-                    return self
-            except OSError:
-                pass
+                    self.supervisor = Supervisor(self.proc.pid, self.request, self.log).start()
+                return self
             time.sleep(0.25)
         self.stop()
         raise ServingError(f"tritonserver was not ready after {self.timeout:.0f} s; see {self.log_file}")
+
+    def _token_file(self) -> None:
+        """Write the token copy the user asked for; a failure stops the server (checked before it started, so
+        only a change since, say a full disk, gets here) rather than leaving it up without the file."""
+        path = self.security.admin_token_file
+        if path is None:
+            return
+        try:
+            write_token_file(path, self._token)
+        except OSError as e:
+            self.stop()
+            raise ConfigError(f"--admin-token-file {path}: writing it failed ({e.strerror}); the server was stopped; "
+                              "choose a path in a folder this user can write") from None
 
     def failure(self) -> str:
         """The log lines that say why the server or a model failed (one per model, then the server's own)."""

@@ -60,6 +60,8 @@ class TritonStream:
             self.started = self.started or not isinstance(err, StreamLimitError)
             self.ended = self.ended or end
             raise err from None
+        except OSError as e:  # HTTP: nothing listens there
+            raise self.client.unreachable(e) from None
         self.started, self.ended = True, end
         virtual = res.as_numpy("VIRTUAL_MODALITY").reshape(-1)[0]
         out = res.as_numpy("OUTPUT")[0]  # (C,)

@@ -10,10 +10,13 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
 from trml_edge.doctor import ERROR, MISSING, OK, WARN, _guard, doctor, render
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +111,7 @@ def test_a_machine_lacking_everything_gets_lines_and_fixes():
         assert checks[name]["status"] == MISSING, (name, checks[name])
         assert checks[name]["fix"], name
     assert {u["runs"] for u in doc["uses"].values()} == {"no"}
-    assert "pip install" in doc["uses"]["profile"]["fix"]
+    assert "pip install 'trml-edge[cpu]'" in doc["uses"]["profile"]["fix"]
 
 
 def test_target_check_writes_one_report_and_says_what_it_could_not_do(tmp_path, monkeypatch):
@@ -270,3 +273,52 @@ def test_the_server_tensorrt_is_the_one_its_backend_links(tmp_path, monkeypatch)
     srv = doctor(tritonserver=str(binary))["checks"]["tritonserver"]
     assert srv["status"] == OK and srv["backends"] == ["python", "tensorrt"] and srv["tensorrt"] == "10.3.0"
     assert "TensorRT: 10.3.0 (libnvinfer.so.10 linked by libtriton_tensorrt.so" in srv["detail"]
+
+
+def test_a_listed_provider_that_cannot_run_a_session_is_not_reported_available(monkeypatch):
+    """onnxruntime-gpu lists the CUDA provider whether or not CUDA and cuDNN load; a session then quietly runs on
+    the CPU. Here the real ONNX Runtime is told it has a CUDA provider (as onnxruntime-gpu's list says on a box
+    without CUDA): the probe builds a real session with it, sees the fall-back, and says so with the fix."""
+    import warnings
+
+    import onnxruntime as ort
+
+    from trml_edge.doctor import probe_onnxruntime
+
+    real = ort.get_available_providers()
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", *real])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        got = probe_onnxruntime({"jetson": False, "driver": "550.54.15", "cuda_major": 12})
+    assert got["status"] == WARN and got["providers"] == real, got
+    assert "CUDAExecutionProvider" in got["broken"] and "fell back to CPUExecutionProvider" in got["detail"]
+    assert "cuDNN" in got["fix"] and "trml-edge[gpu]" in got["fix"]
+    uses = doctor()["uses"]  # a CPU provider that ran is enough to profile
+    assert uses["profile"]["runs"] == "cpu-only"
+
+
+def test_the_onnxruntime_fix_names_an_install_that_brings_one():
+    """The base install has no ONNX Runtime (so that it never overwrites onnxruntime-gpu or a Jetson build): the
+    fix names the extra, or on a Jetson NVIDIA's wheel; pyproject.toml's extras hold what it names."""
+    import tomllib
+
+    from trml_edge.doctor import onnxruntime_fix
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert any(r.startswith("onnxruntime>=") for r in extras["cpu"])
+    assert any(r.startswith("onnxruntime-gpu>=") for r in extras["gpu"])
+    assert "pip install 'trml-edge[cpu]'" in onnxruntime_fix({"jetson": False, "driver": None})
+    assert "pip install 'trml-edge[gpu]'" in onnxruntime_fix({"jetson": False, "driver": "580.65.06"})
+    jetson = onnxruntime_fix({"jetson": True, "driver": None})
+    assert "NVIDIA's onnxruntime-gpu wheel" in jetson and "trml-edge[" not in jetson
+
+
+def test_processes_row_reads_the_proc_mount(report):
+    """The row follows /proc's mount options: this container mounts it without hidepid (every account can read a
+    command line); tests/test_serving_security.py shows what `nobody` reads in both cases."""
+    from trml_edge.serving.security import proc_hides_processes
+
+    row = report["checks"]["processes"]
+    hidden, how = proc_hides_processes()
+    assert row["hidepid"] is hidden and how in row["detail"]
+    assert (row["status"], bool(row.get("fix"))) == ((OK, False) if hidden else (WARN, True))

@@ -2,15 +2,17 @@
 
 import csv
 import os
+import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from trml_edge.config import MissingConfig
+from trml_edge.config import MissingConfig, TRMLConfig
 from trml_edge.errors import CheckpointError, ConfigError
 from trml_edge.model.checkpoint import load_run, new_model
 from trml_edge.model.losses import matching_loss
@@ -162,3 +164,58 @@ def test_the_baselines_do_not_move_with_trmls_generator_settings(synth_data, tmp
            for name in ("complete", "dropout", "trml")}
     assert {(g["gen_update"], g["gen_loss"]) for n, g in got.items() if n != "trml"} == {("joint", "sml")}
     assert (got["trml"]["gen_update"], got["trml"]["gen_loss"]) == ("frozen", "sml+cosine")
+
+
+def test_the_test_split_is_never_a_source_of_pairs(synth_data, tmp_path):
+    """The evaluation scores the test clips: generators that learned from their inputs would be scored on
+    what they were fitted to. Refused in the config (the Python API) and so on the command line, in one line."""
+    for splits in (["test"], ["train", "test"], ["valid", "test"]):
+        with pytest.raises(ConfigError, match=r"must not include test: .*never see the test clips' inputs.*"
+                                              r"use train and/or valid"):
+            PairsConfig(sources=[str(synth_data)], splits=splits).validate()
+    with pytest.raises(ConfigError, match="got 'trian'"):
+        PairsConfig(sources=[str(synth_data)], splits=["trian"]).validate()
+    PairsConfig(sources=[str(synth_data)], splits=["train", "valid"]).validate()
+    with pytest.raises(ConfigError, match="must not include test"):
+        train_generators(PairsConfig(sources=[str(synth_data)], out=str(tmp_path / "api"), splits=["test"]),
+                         TRMLConfig(), None)
+    assert not (tmp_path / "api").exists()
+
+    r = subprocess.run([sys.executable, "-m", "trml_edge", "generators", str(synth_data), "--out",
+                        str(tmp_path / "gen"), "--splits", "train,test"], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "must not include test" in lines[0] and "use train and/or valid" in lines[0], lines
+    assert not (tmp_path / "gen").exists()
+
+
+def test_the_pool_cache_follows_the_images_content(tiny_cfg, tmp_path):
+    """An image replaced by another of the same shape, under the same captions and file name, is embedded
+    again; an unchanged pool reads the cache (the cached file is not rewritten)."""
+    from trml_edge.data.synth import write_pool
+    from trml_edge.train.pairs import embed_pool
+
+    write_pool(tmp_path / "pool", 8, seed=0)
+    model = _tiny_model(tiny_cfg)
+    first = embed_pool(model, tmp_path / "pool")
+    (cache,) = (tmp_path / "pool" / ".trml-features").glob("*/pool.npz")
+    stamp = (cache.stat().st_ino, cache.stat().st_mtime_ns)
+
+    again = embed_pool(model, tmp_path / "pool")
+    assert (cache.stat().st_ino, cache.stat().st_mtime_ns) == stamp  # read, not recomputed
+    assert torch.equal(again.visual, first.visual) and torch.equal(again.text, first.text)
+
+    images = np.load(tmp_path / "pool" / "images.npy")
+    size = (tmp_path / "pool" / "images.npy").stat().st_size
+    write_pool(tmp_path / "other", 8, seed=1)
+    images[3] = np.load(tmp_path / "other" / "images.npy")[5]  # another face, same shape, same captions
+    np.save(tmp_path / "pool" / "images.npy", images)
+    assert (tmp_path / "pool" / "images.npy").stat().st_size == size
+    changed = embed_pool(model, tmp_path / "pool")
+    assert (cache.stat().st_ino, cache.stat().st_mtime_ns) != stamp  # recomputed and written again
+    assert not torch.allclose(changed.visual[3], first.visual[3], atol=1e-4)
+    assert torch.allclose(changed.visual[[0, 1, 2, 4, 5, 6, 7]], first.visual[[0, 1, 2, 4, 5, 6, 7]], atol=1e-6)
+    assert torch.equal(changed.text, first.text)  # the captions did not change
+    shutil.rmtree(tmp_path / "pool" / ".trml-features")
+    assert torch.equal(embed_pool(model, tmp_path / "pool").visual, changed.visual)  # what a fresh run computes

@@ -19,7 +19,7 @@ from packaging.version import Version
 from trml_edge import target_env
 from trml_edge import tensorrt_env as env
 from trml_edge.errors import MissingDependencyError
-from trt_fakes import (JETPACK6, fake_dists, fake_jetson, fake_nvidia_smi, fake_triton, no_nvidia_smi,
+from trt_fakes import (JETPACK6, JETPACK60, fake_dists, fake_jetson, fake_nvidia_smi, fake_triton, no_nvidia_smi,
                         not_a_jetson)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,6 +73,25 @@ def test_on_a_jetson_the_advice_is_jetpacks_tensorrt_never_a_pip_wheel():
     assert "python3 -m venv --system-site-packages" in advice
     assert "trml-edge[" not in advice  # no extra of ours installs JetPack's TensorRT
     assert "'cuda-bindings>=13,<14'" in env.install_advice({**JETSON, "cuda_major": 13})  # JetPack 7: CUDA 13
+
+
+def test_on_jetpack_6_0_the_advice_is_to_move_to_6_1_not_to_reinstall_its_tensorrt(tmp_path, monkeypatch):
+    """JetPack 6.0 (L4T R36.3) ships TensorRT 8.6: installing JetPack's python3-libnvinfer brings 8.6 back, so the
+    advice is the JetPack that ships 10.3. JetPack 6.1 (R36.4) and later keep JetPack's TensorRT advice."""
+    assert env.l4t_version(JETPACK60) == (36, 3) and env.l4t_version(JETPACK6) == (36, 4)
+    assert env.l4t_version("# R36 (release)") is None and env.jetpack_tensorrt_problem("# R36 (release)") is None
+    fake_jetson(tmp_path, monkeypatch, JETPACK60)
+    assert env.machine() == {"jetson": True, "l4t": JETPACK60, "driver": None, "cuda_major": 12}
+    for advice in (env.install_advice(), env.tensorrt_version_problem("8.6.2")):  # as the machine reads
+        assert "L4T R36.3 (JetPack 6.0, whose TensorRT is 8.6, below the supported 10.1)" in advice, advice
+        assert "move to JetPack 6.1 or later (L4T R36.4+, TensorRT 10.3" in advice, advice
+        assert "apt install" not in advice and "trml-edge[" not in advice, advice
+    r35 = env.install_advice({**JETSON, "l4t": "# R35 (release), REVISION: 5.0, GCID: 35550185", "cuda_major": None})
+    assert "L4T R35.5 (JetPack 5 or older" in r35 and "move to JetPack 6.1 or later" in r35
+    assert "apt install" not in r35
+    for release in (JETPACK6, "# R36 (release), REVISION: 4.0, GCID: 37537400", "# R38 (release), REVISION: 2.0"):
+        assert env.jetpack_tensorrt_problem(release) is None, release
+        assert "sudo apt install python3-libnvinfer" in env.install_advice({**JETSON, "l4t": release}), release
 
 
 def test_the_cuda_variant_of_the_pip_tensorrt(tmp_path, monkeypatch):
@@ -207,8 +226,11 @@ def test_target_env_on_a_jetson_keeps_jetpacks_builds():
 
 @pytest.mark.parametrize("machine, modules, says", [
     (JETSON, ("ensurepip",), "sudo apt install python3-libnvinfer"),
-    ({**JETSON, "l4t": "# R35 (release), REVISION: 5.0", "cuda_major": None}, ("ensurepip", "tensorrt"),
+    ({**JETSON, "l4t": "# R39 (release), REVISION: 0.0", "cuda_major": None}, ("ensurepip", "tensorrt"),
      "JetPack 6 is R36"),
+    ({**JETSON, "l4t": JETPACK60}, ("ensurepip", "tensorrt"), "move to JetPack 6.1 or later"),
+    ({**JETSON, "l4t": "# R35 (release), REVISION: 5.0", "cuda_major": None}, ("ensurepip", "tensorrt"),
+     "move to JetPack 6.1 or later"),
     ({"jetson": False, "l4t": None, "driver": None, "cuda_major": None}, ("ensurepip",), "no NVIDIA driver here"),
     ({"jetson": False, "l4t": None, "driver": "470.82.01", "cuda_major": None}, ("ensurepip",), "older than R535"),
     (CUDA13, (), "sudo apt install python3-venv"),

@@ -16,6 +16,9 @@ from types import SimpleNamespace
 # the first line of L4T's release file on JetPack 6.2 (Jetson Linux 36.4.3), in the format L4T writes it
 JETPACK6 = ("# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, EABI: aarch64, "
             "DATE: Wed Jan  8 01:49:37 UTC 2025")
+# JetPack 6.0 (Jetson Linux 36.3: TensorRT 8.6, below the supported range), in the same format
+JETPACK60 = ("# R36 (release), REVISION: 3.0, GCID: 36191598, BOARD: generic, EABI: aarch64, "
+             "DATE: Mon May  6 17:34:21 UTC 2024")
 
 
 def fake_jetson(tmp: Path, monkeypatch, release: str = JETPACK6) -> Path:

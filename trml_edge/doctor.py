@@ -115,7 +115,7 @@ def probe_tensorrt(m: dict[str, Any], gpu: dict[str, Any]) -> dict[str, Any]:
     variant = (f"pip {pip}: CUDA {major or '?'}" if wheels else "no pip metadata: JetPack's or a system install")
     if m.get("jetson") and major is not None:
         return {"status": ERROR, "detail": f"a PyPI TensorRT wheel ({variant}) on a Jetson, not built for JetPack",
-                "fix": f"pip uninstall -y {pip}, then {env.jetson_advice(m.get('cuda_major'))}"}
+                "fix": f"pip uninstall -y {pip}, then {env.jetson_advice(m)}"}
     driver, driver_text = _driver_cuda(m, gpu)
     if major is not None and driver is not None and major > driver:
         return {"status": ERROR, "detail": f"the TensorRT wheel is built for CUDA {major} ({variant}) and this driver "
@@ -160,14 +160,88 @@ def probe_cuda_python(m: dict[str, Any], gpu: dict[str, Any]) -> dict[str, Any]:
             "version": v, **rt}
 
 
-def probe_onnxruntime() -> dict[str, Any]:
+def onnxruntime_fix(m: dict[str, Any]) -> str:
+    """The install that brings an ONNX Runtime to this machine: the extra for it, or on a Jetson NVIDIA's wheel
+    (pyproject.toml's extras; the base install brings none, so that one never overwrites another)."""
+    if m.get("jetson"):
+        return ("install NVIDIA's onnxruntime-gpu wheel for this JetPack (Jetson AI Lab / JetPack's pip index), "
+                "not a PyPI one")
+    if m.get("driver"):
+        return "pip install 'trml-edge[gpu]' (onnxruntime-gpu: CUDA), or 'trml-edge[cpu]' for CPU only"
+    return "pip install 'trml-edge[cpu]' (onnxruntime); on a GPU box 'trml-edge[gpu]'"
+
+
+def _tiny_graph() -> bytes:
+    """A one-node ONNX graph (y = x + x), the smallest thing a provider must compile and run."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    graph = helper.make_graph([helper.make_node("Add", ["x", "x"], ["y"])], "doctor", [x], [y])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
+
+
+def provider_works(ort, graph: bytes, provider: str) -> str | None:
+    """None when ``provider`` builds a session for ``graph`` and runs it right; otherwise why not. ONNX Runtime
+    lists a provider when its library is in the wheel, not when it loads: a CUDA provider whose CUDA or cuDNN is
+    missing is dropped at session creation with a logged error and the session runs on the CPU, so the session
+    is asked which providers it kept."""
+    import warnings
+
+    import numpy as np
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 4  # the reason comes back here, not as log lines on doctor's output
+    try:
+        with warnings.catch_warnings():  # ONNX Runtime warns of a provider it cannot use: the answer says it
+            warnings.simplefilter("ignore")
+            sess = ort.InferenceSession(graph, opts, providers=[provider])
+        kept = sess.get_providers()
+        if provider not in kept:
+            return f"a session fell back to {', '.join(kept) or 'nothing'} (its libraries did not load)"
+        x = np.arange(4, dtype=np.float32).reshape(1, 4)
+        (y,) = sess.run(None, {"x": x})
+    except Exception as e:  # noqa: BLE001 - any failure to build or run is the answer
+        return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+    return None if np.array_equal(y, x + x) else "a session ran and returned a wrong sum"
+
+
+def probe_onnxruntime(m: dict[str, Any] | None = None) -> dict[str, Any]:
+    m = m or {}
     if not _has("onnxruntime"):
-        return {"status": MISSING, "detail": "onnxruntime is not installed", "fix": "pip install trml-edge"}
+        return {"status": MISSING, "detail": "onnxruntime is not installed", "fix": onnxruntime_fix(m)}
     import onnxruntime as ort
 
-    providers = ort.get_available_providers()
-    return {"status": OK, "detail": f"{ort.__version__}; providers {', '.join(providers)}",
-            "version": ort.__version__, "providers": providers}
+    graph = _tiny_graph()
+    listed = ort.get_available_providers()
+    broken = {p: why for p in listed if (why := provider_works(ort, graph, p))}
+    providers = [p for p in listed if p not in broken]
+    detail = f"{ort.__version__}; providers {', '.join(providers) or 'none'} (each ran a session)"
+    if broken:
+        detail += "; listed but broken: " + "; ".join(f"{p}: {why}" for p, why in broken.items())
+    out = {"status": OK if providers and not broken else (WARN if providers else ERROR), "detail": detail,
+           "version": ort.__version__, "providers": providers, "broken": broken}
+    if broken:
+        out["fix"] = ("the CUDA provider needs the CUDA and cuDNN runtime its onnxruntime-gpu was built for "
+                      "(ONNX Runtime's CUDA EP requirements table); or " + onnxruntime_fix(m))
+    return out
+
+
+def probe_processes() -> dict[str, Any]:
+    """Whether other local accounts can read this box's processes' command lines: ``serve`` passes the admin token
+    on tritonserver's (the only place Triton reads it)."""
+    from trml_edge.serving.security import proc_hides_processes
+
+    hidden, how = proc_hides_processes()
+    if hidden:
+        return {"status": OK, "detail": f"/proc is mounted {how}: other accounts cannot read a server's command "
+                                        "line (its admin token)", "hidepid": True}
+    return {"status": WARN, "hidepid": False,
+            "detail": f"/proc is mounted {how}: every local account can read a server's command line, the "
+                      "admin token of serve --admin-token-file among it",
+            "fix": "on a box with other accounts: mount -o remount,hidepid=invisible /proc (fstab: "
+                   "proc /proc proc hidepid=invisible 0 0), or serve under its own account in a container"}
 
 
 def probe_training() -> dict[str, Any]:
@@ -237,7 +311,7 @@ def uses(checks: dict[str, dict[str, Any]]) -> dict[str, dict[str, str]]:
                                   (" and tensorrt_plan graph models" if gpu_serving else ""),
                         "fix": "" if gpu_serving else ("a tritonserver with the tensorrt backend on a GPU box "
                                                        "(--tritonserver PATH), and engines: " + (engine_fix or "ok"))}
-    if not ok["onnxruntime"]:
+    if not checks["onnxruntime"].get("providers"):  # a provider that ran a session is enough to profile
         out["profile"] = {"runs": "no", "detail": "profile runs the bundles with ONNX Runtime",
                           "fix": checks["onnxruntime"]["fix"]}
     else:
@@ -255,7 +329,7 @@ def doctor(tritonserver: str | None = None) -> dict[str, Any]:
     checks = {
         "cpu": _guard(probe_cpu), "memory": _guard(probe_memory), "gpu": gpu,
         "tensorrt": _guard(probe_tensorrt, m, gpu), "cuda_python": _guard(probe_cuda_python, m, gpu),
-        "onnxruntime": _guard(probe_onnxruntime), "training": _guard(probe_training),
+        "onnxruntime": _guard(probe_onnxruntime, m), "processes": _guard(probe_processes), "training": _guard(probe_training),
         "tritonserver": _guard(probe_tritonserver, tritonserver),
     }
     return {"schema": SCHEMA, "schema_version": 1, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

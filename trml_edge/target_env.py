@@ -15,8 +15,9 @@ What it picks, from what ``trml_edge.tensorrt_env`` reads of the machine:
 * a Jetson (JetPack 6: L4T R36, CUDA 12; JetPack 7: L4T R38, CUDA 13): a virtual environment that sees the
   system packages (JetPack's TensorRT, and NVIDIA's torch and ONNX Runtime where they are installed), the
   cuda-bindings of JetPack's CUDA major, no pip TensorRT and no constraints file (NVIDIA's builds stay);
-* anything else is refused with the reason and the fix: no driver and no Jetson, a driver older than R535, an
-  L4T release whose CUDA is not known here, JetPack's TensorRT not installed, a python3 without ``venv``.
+* anything else is refused with the reason and the fix: no driver and no Jetson, a driver older than R535, a
+  JetPack older than 6.1 (TensorRT 8.x: move to 6.1 or later), an L4T release whose CUDA is not known here,
+  JetPack's TensorRT not installed, a python3 without ``venv``.
 """
 
 from __future__ import annotations
@@ -70,10 +71,12 @@ def plan(venv: str, m: dict, has_module: Callable[[str], bool], constraints: str
     pip = [vpy, "-m", "pip", "install"]
     major = m.get("cuda_major")
     if m.get("jetson"):
+        if env.jetpack_tensorrt_problem(m.get("l4t")):  # JetPack 6.0 or older: its TensorRT is 8.x
+            raise MissingDependencyError(env.jetson_advice(m))
         if major is None:
             raise MissingDependencyError(f"this Jetson's L4T release ({m.get('l4t')}) is not one whose CUDA trml-edge "
                                          "knows (JetPack 6 is R36, JetPack 7 is R38); build the environment by hand: "
-                                         + env.jetson_advice(None))
+                                         + env.jetson_advice(m))
         if not has_module("tensorrt"):
             raise MissingDependencyError(f"JetPack's TensorRT is not installed for {python}: sudo apt install "
                                          "python3-libnvinfer (JetPack 6.1+ ships TensorRT 10.3), then run make "

@@ -5,7 +5,7 @@
   its first CUDA call ("CUDA initialization failure with error: 35", ``cudaErrorInsufficientDriver``).
 * **The advice** that every message about a missing or mismatched TensorRT or cuda-python gives (``doctor``,
   ``build-engines``, the engine runner, ``trml-edge --version``): the extra for this driver, or on a Jetson
-  JetPack's own TensorRT, never a PyPI wheel.
+  JetPack's own TensorRT, never a PyPI wheel (on a JetPack older than 6.1, whose TensorRT is 8.x: move to 6.1).
 * **The pip TensorRT installed** and the CUDA major it was built for.
 * **The server's TensorRT**: the one ``libnvinfer`` a Triton ``tensorrt`` backend loads (``doctor`` shows it,
   ``serve`` checks plans against it), and the rule for whether a plan loads there.
@@ -36,6 +36,11 @@ DRIVER_CUDA = ((580, 13), (535, 12))
 # L4T release -> the CUDA major of its JetPack: JetPack 6 is L4T R36 with CUDA 12.6, JetPack 7 is L4T R38 with
 # CUDA 13 (JetPack release notes).
 L4T_CUDA = {36: 12, 38: 13}
+# The oldest L4T release whose JetPack ships a TensorRT in the supported range: JetPack 6.1 is L4T R36.4 with
+# TensorRT 10.3. JetPack 6.0 (L4T R36.2 and R36.3) ships TensorRT 8.6 and JetPack 5 (R35) 8.5, and their apt
+# repositories hold no newer one, so reinstalling JetPack's TensorRT there brings the same release back
+# (JetPack release notes).
+L4T_MIN = (36, 4)
 EXTRAS = {12: "trt-cu12", 13: "trt-cu13"}  # pyproject.toml's extras, one per CUDA major
 BINDINGS = {12: "cuda-bindings>=12.8,<13", 13: "cuda-bindings>=13,<14"}  # the cuda-python each extra pulls
 
@@ -61,6 +66,22 @@ def tegra_release(path: Path | None = None) -> str | None:
 def l4t_major(release: str | None) -> int | None:
     m = re.match(r"#?\s*R(\d+)", release or "")
     return int(m.group(1)) if m else None
+
+
+def l4t_version(release: str | None) -> tuple[int, int] | None:
+    """``# R36 (release), REVISION: 4.3, ...`` -> ``(36, 4)``; None when the line does not say both."""
+    m = re.match(r"#?\s*R(\d+)\b.*?REVISION:\s*(\d+)", release or "")
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def jetpack_tensorrt_problem(release: str | None) -> str | None:
+    """Why this Jetson's JetPack cannot give a supported TensorRT (its L4T is older than R36.4, JetPack 6.1), or
+    None (a newer release, or a release line that does not say)."""
+    v = l4t_version(release)
+    if v is None or v >= L4T_MIN:
+        return None
+    which = "JetPack 6.0, whose TensorRT is 8.6" if v[0] == 36 else "JetPack 5 or older, whose TensorRT is 8.x"
+    return f"this Jetson runs L4T R{v[0]}.{v[1]} ({which}, below the supported {TRT_MIN[0]}.{TRT_MIN[1]})"
 
 
 def nvidia_smi(fields: tuple[str, ...] = ("name", "driver_version", "compute_cap", "memory.total")
@@ -98,7 +119,15 @@ def machine() -> dict:
     return {"jetson": False, "l4t": None, "driver": driver, "cuda_major": driver_cuda_major(driver)}
 
 
-def jetson_advice(cuda_major: int | None) -> str:
+def jetson_advice(m: dict) -> str:
+    """The fix on a Jetson (``m`` is ``machine()``): JetPack's own TensorRT, or on a JetPack whose TensorRT is too
+    old, the JetPack to move to (reinstalling its TensorRT would bring the same old release back)."""
+    problem = jetpack_tensorrt_problem(m.get("l4t"))
+    if problem:
+        return (f"{problem}: move to JetPack 6.1 or later (L4T R36.4+, TensorRT 10.3; JetPack 6 runs on Jetson "
+                "Orin), then run `trml-edge doctor` again; this JetPack's own TensorRT packages hold no newer "
+                "release and PyPI's TensorRT wheels are not built for JetPack")
+    cuda_major = m.get("cuda_major")
     bindings = BINDINGS[13] if cuda_major == 13 else BINDINGS[12]
     return (f"on a Jetson use JetPack's TensorRT (sudo apt install python3-libnvinfer) and cuda-python "
             f"{'13' if cuda_major == 13 else '<13'} (pip install '{bindings}'), in a virtual environment that sees "
@@ -110,7 +139,7 @@ def install_advice(m: dict | None = None) -> str:
     """The one-line fix for a missing or mismatched TensorRT / cuda-python on this machine."""
     m = machine() if m is None else m
     if m.get("jetson"):
-        return jetson_advice(m.get("cuda_major"))
+        return jetson_advice(m)
     major, driver = m.get("cuda_major"), m.get("driver")
     if major is not None:
         return f"pip install 'trml-edge[{EXTRAS[major]}]' (this driver, {driver}, runs CUDA {major})"

@@ -156,7 +156,8 @@ def generators(
     clip_weights: Optional[Path] = typer.Option(None, help="local file of pretrained CLIP weights"),
     pretrained: Optional[str] = typer.Option(None, help=PRETRAINED_HELP),
     cache_dir: Optional[Path] = typer.Option(None, help=CACHE_DIR_HELP),
-    splits: str = typer.Option("train", help="corpus sources: the splits whose clips are pairs, comma-separated"),
+    splits: str = typer.Option("train", help="corpus sources: the splits whose clips are pairs, comma-separated: "
+                        "train and/or valid (test is refused: the evaluation scores its clips)"),
     valid: Optional[Path] = typer.Option(None, help="a corpus whose valid split scores the generators after "
                                          "each epoch (cosine to the real embedding, retrieval rank)"),
     objective: str = typer.Option(PairsConfig.objective, help="sml (the paper's InfoNCE), cosine or sml+cosine"),
@@ -170,11 +171,12 @@ def generators(
     from trml_edge.config import TRMLConfig
     from trml_edge.train.pairs import train_generators
 
-    mcfg = TRMLConfig()
-    weights = clip_weights_source(mcfg, backbone, clip_weights, pretrained, cache_dir)
     cfg = PairsConfig(sources=[str(s) for s in sources], out=str(out), splits=[s.strip() for s in splits.split(",")],
                       valid=str(valid) if valid else None, objective=objective, tau=tau, epochs=epochs,
                       batch_size=batch_size, lr=lr, seed=seed)
+    cfg.validate()  # before --pretrained downloads anything (train_generators validates it again)
+    mcfg = TRMLConfig()
+    weights = clip_weights_source(mcfg, backbone, clip_weights, pretrained, cache_dir)
     meta = train_generators(cfg, mcfg, weights)
     last = meta["history"][-1]
     line = f"{sum(s['pairs'] for s in meta['sources'])} pairs, final loss {last['loss']:.4f}"

@@ -9,7 +9,7 @@ Sources of pairs, embedded once by the frozen foundation (labels are never read)
 
 * an image/caption pool, ``images.npy`` (uint8 [N,H,W,3]) + ``captions.txt`` (the benchmark's
   ``DATA/pretrain``, a stand-in for the web): one image per pair. Its embeddings are cached in
-  ``POOL/.trml-features/<fingerprint>/pool.npz``;
+  ``POOL/.trml-features/<fingerprint>/pool.npz``, keyed by the bytes of the images and the captions;
 * a corpus of clips with transcripts, in any layout trml-edge reads, through the feature cache that
   ``trml-edge features`` builds; the clips of the chosen splits are pairs, their labels unread.
 
@@ -95,12 +95,27 @@ def is_pool(path: str | Path) -> bool:
     return (Path(path) / "images.npy").is_file() and (Path(path) / "captions.txt").is_file()
 
 
+def pool_signature(pool: Path, captions: list[str]) -> str:
+    """What a pool's cached embeddings depend on besides the CLIP: every byte of ``images.npy`` (its header and
+    pixels) and the captions. Content, not size or time: an image replaced by another of the same shape, under
+    the same captions, must not reuse the old embedding. Hashing reads the file once, far cheaper than
+    embedding it."""
+    path = pool / "images.npy"
+    h = hashlib.sha256(f"{path.stat().st_size}\0".encode())  # the length first: images and captions cannot blur
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            h.update(chunk)
+    h.update(b"\0" + "\n".join(captions).encode("utf-8"))
+    return h.hexdigest()
+
+
 @torch.no_grad()
 def embed_pool(model: TRML, pool: str | Path, batch: int = 256) -> Pairs:
-    """An image/caption pool's embeddings, cached beside it (recomputed when the pool or the CLIP changes)."""
+    """An image/caption pool's embeddings, cached beside it (recomputed when the pool's content or the CLIP
+    changes)."""
     pool = Path(pool)
     images, captions = load_pool(pool)
-    sig = hashlib.sha1(f"{(pool / 'images.npy').stat().st_size}\0{chr(10).join(captions)}".encode()).hexdigest()
+    sig = pool_signature(pool, captions)
     cache = pool / DEFAULT_DIR / clip_fingerprint(model)[:16] / "pool.npz"
     if cache.is_file():
         with np.load(cache, allow_pickle=False) as z:

@@ -12,7 +12,8 @@ from trml_edge.errors import ConfigError
 class PairsConfig:
     sources: list[str] = field(default_factory=list)  # pool directories and/or corpus directories
     out: str = ""  # generator directory (generators.safetensors + generators.json)
-    splits: list[str] = field(default_factory=lambda: ["train"])  # corpus sources: whose clips are pairs
+    # corpus sources: whose clips are pairs (train and/or valid; never test, whose inputs the evaluation scores)
+    splits: list[str] = field(default_factory=lambda: ["train"])
     valid: str | None = None  # a corpus whose valid split scores the generators each epoch (held-out pairs)
     # matching objective (``trml_edge.model.losses.OBJECTIVES``): with sml alone the generated embeddings end
     # further from the real ones than the mean embedding is; sml+cosine had the lowest valid MAE downstream
@@ -26,10 +27,18 @@ class PairsConfig:
     seed: int = 0
 
     def validate(self) -> None:
+        from trml_edge.data.records import SPLITS
         from trml_edge.model.losses import OBJECTIVES
 
         if not self.sources:
             raise ConfigError("name at least one source of unlabelled pairs (a pool or a corpus directory)")
+        allowed = [s for s in SPLITS if s != "test"]
+        if "test" in self.splits:
+            raise ConfigError("splits must not include test: the generators must never see the test clips' inputs, "
+                              f"which the evaluation scores; use {' and/or '.join(allowed)}")
+        if not self.splits or any(s not in allowed for s in self.splits):
+            raise ConfigError(f"splits must be one or more of {', '.join(allowed)}, comma-separated; got "
+                              f"{','.join(self.splits)!r}")
         if self.objective not in OBJECTIVES:
             raise ConfigError(f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
         if self.epochs < 1 or self.batch_size < 2 or self.tau <= 0:

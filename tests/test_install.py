@@ -85,12 +85,42 @@ def test_runtime_only_install_works_without_torch(tmp_path):
     cases = {"train": ("train", "--data", tmp_path, "--out", tmp_path / "run"),
              "serve": ("serve", tmp_path / "repo"),
              "profile": ("profile", b, "--out", tmp_path / "report"),
-             "trt-cu13": ("build-engines", b)}  # no driver here: the advice names both extras
+             "trt-cu13": ("build-engines", b),  # no driver here: the advice names both extras
+             "video": ("predict", tmp_path / "clip.mp4", "--bundle", b)}  # decoding needs PyAV
+    from trml_edge.data.video import write_mp4
+
+    write_mp4(tmp_path / "clip.mp4", frames, fps=4)
     (tmp_path / "repo" / "trml").mkdir(parents=True)
     (tmp_path / "repo" / "trml" / "config.pbtxt").write_text('name: "trml"\n')
     for extra, args in cases.items():
         err = one_line_error(run(bin_dir, "trml-edge", *args, cwd=tmp_path))
         assert f"pip install 'trml-edge[{extra}]'" in err, (extra, err)
+
+
+def test_predict_on_the_runtime_install_with_the_video_extra(tmp_path):
+    """`pip install 'trml-edge[cpu,video]'`: predict scores a clip's subtitle cues with PyAV and the runtime,
+    without torch, and its rows equal the checkout's."""
+    from trml_edge.data.video import write_mp4
+
+    b = bundle("fp32")
+    bin_dir, dists = fresh_env("runtime-video", ("cpu", "video"))
+    assert "torch" not in dists and "av" in dists
+    write_mp4(tmp_path / "clip.mp4", np.random.default_rng(1).integers(0, 256, (12, 40, 52, 3), np.uint8), fps=4)
+    (tmp_path / "clip.srt").write_text("1\n00:00:00,000 --> 00:00:01,500\nnot bad\n\n"
+                                       "2\n00:00:01,500 --> 00:00:03,000\nquite good\n")
+    code = ("import sys; from trml_edge.predict.runner import PredictConfig, run; "
+            f"s = run(PredictConfig(source='clip.mp4', bundle={str(b)!r}, out='rows.jsonl')); "
+            "assert s.predictions == 2 and not s.errors, s; "
+            "assert 'torch' not in sys.modules and 'open_clip' not in sys.modules")
+    r = run(bin_dir, "python", "-c", code, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    from trml_edge.predict.runner import PredictConfig
+    from trml_edge.predict.runner import run as predict_run
+
+    predict_run(PredictConfig(source=str(tmp_path / "clip.mp4"), bundle=b, out=tmp_path / "here.jsonl"))
+    got = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
+    here = [json.loads(line) for line in (tmp_path / "here.jsonl").read_text().splitlines()]
+    assert [r["output"] for r in got] == [r["output"] for r in here] and len(got) == 2
 
 
 def test_without_any_onnxruntime_the_runtime_says_how_to_get_one(tmp_path):

@@ -85,8 +85,9 @@ def _tritonserver() -> str:
 
 # Top-level module -> the extra that installs it, for the one-line message of a command that needs it.
 EXTRA_OF_MODULE = {
-    **dict.fromkeys(("torch", "torchvision", "open_clip", "safetensors", "av", "PIL", "onnxconverter_common",
+    **dict.fromkeys(("torch", "torchvision", "open_clip", "safetensors", "PIL", "onnxconverter_common",
                      "huggingface_hub", "timm"), "train"),
+    "av": "video",  # PyAV: the runtime's video decoding (trml-edge predict); train brings it too
     **dict.fromkeys(("pytriton", "tritonclient", "grpc"), "serve"),
     **dict.fromkeys(("onnx_tool", "matplotlib"), "profile"),
 }

@@ -23,7 +23,7 @@ FIX = "re-download or re-encode it, or delete its row; `trml-edge data check` li
 
 def write_mp4(path: Path, frames: np.ndarray, fps: int = 4) -> None:
     """Write uint8 frames [n,H,W,3] (RGB) to an mp4, atomically (temporary file, then rename)."""
-    av = require("av", "train")
+    av = require("av", "video")
     frames = np.asarray(frames)
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
         raise DataError(f"write_mp4 needs uint8 frames [n,H,W,3], got {frames.dtype} {frames.shape}")
@@ -51,9 +51,9 @@ def _reason(e: Exception) -> str:
 
 
 @contextmanager
-def _open_video(path: Path):
+def open_video(path: Path):
     """Open ``path`` and yield (av, container, video stream), turning every failure into a ClipError."""
-    av = require("av", "train")
+    av = require("av", "video")
     path = Path(path)
     if not path.is_file():
         raise ClipError(f"video not found: {path}; restore the file or delete its row")
@@ -82,7 +82,7 @@ def _open_video(path: Path):
 
 def count_frames(path: Path) -> int:
     """Frames in the clip's video stream, counted from its packets (demuxing only, no decoding)."""
-    with _open_video(path) as (_, container, stream):
+    with open_video(path) as (_, container, stream):
         return sum(1 for p in container.demux(stream) if p.size > 0)
 
 
@@ -94,7 +94,7 @@ def decoded_frames(path: Path) -> int:
 def _decode(path: Path, keep, size: int | None) -> tuple[list[np.ndarray], int]:
     """Decode every frame; keep those for which ``keep(i, time)`` is true (resized). Returns (kept, total)."""
     kept, total = [], 0
-    with _open_video(path) as (_, container, stream):
+    with open_video(path) as (_, container, stream):
         for i, frame in enumerate(container.decode(stream)):
             total = i + 1
             if keep(i, frame.time):

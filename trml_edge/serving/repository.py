@@ -193,8 +193,9 @@ def graph_config(spec: GraphSpec, entry: dict[str, Any], dims: dict[str, int], c
     return c
 
 
-def router_config(dims: dict[str, int], cfg: RepoConfig, manifest_sha: str):
-    """Triton's ModelConfig for the ``trml`` router."""
+def router_config(dims: dict[str, int], cfg: RepoConfig, manifest_sha: str, model_frames: int):
+    """Triton's ModelConfig for the ``trml`` router. ``model_frames``: the frames the temporal encoder takes
+    (a client that sends only those of a long clip, picked as the router picks them, gets the same answer)."""
     mc, _ = protobuf()
     s = cfg.router
     c = mc.ModelConfig(name=ROUTER, backend="python", max_batch_size=s.max_batch_size or 0)
@@ -204,7 +205,7 @@ def router_config(dims: dict[str, int], cfg: RepoConfig, manifest_sha: str):
     group = c.instance_group.add()
     group.count, group.kind = s.instances, mc.ModelInstanceGroup.KIND_CPU
     params = {"max_frames_per_request": cfg.limits.max_frames, "max_frame_side": cfg.limits.max_frame_side,
-              "max_text_bytes": cfg.limits.max_text_bytes,
+              "max_text_bytes": cfg.limits.max_text_bytes, "model_frames": model_frames,
               "bundle_manifest_sha256": manifest_sha, "layout": cfg.resolved_layout}
     for k, v in params.items():
         c.parameters[k].string_value = str(v)
@@ -328,7 +329,8 @@ def build_repository(cfg: RepoConfig) -> Path:
                 "tensorrt": _plan_versions(bundle) if cfg.backend == "tensorrt" else {},
             }
         (version / ROUTER_FILE).write_text(json.dumps(router, indent=2) + "\n", encoding="utf-8")
-        write_config(router_config(dims, cfg, manifest_sha), tmp / ROUTER / "config.pbtxt")
+        write_config(router_config(dims, cfg, manifest_sha, int(bundle.preprocess["max_frames"])),
+                 tmp / ROUTER / "config.pbtxt")
         from trml_edge.serving.stream_repo import add_stream_router  # the stateful stream router
 
         add_stream_router(tmp, cfg, bundle, graph_max, version / BUNDLE_DIR if fused else None)

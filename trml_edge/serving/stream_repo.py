@@ -88,7 +88,7 @@ class StreamSettings:
         return 2 * self.max_streams + 16
 
 
-def stream_config(dims: dict[str, int], cfg, settings: StreamSettings, manifest_sha: str):
+def stream_config(dims: dict[str, int], cfg, settings: StreamSettings, manifest_sha: str, model_frames: int):
     """Triton's ModelConfig of ``trml_stream``."""
     mc, _ = protobuf()
     c = mc.ModelConfig(name=STREAM_ROUTER, backend="python", max_batch_size=settings.max_batch_size)
@@ -111,7 +111,7 @@ def stream_config(dims: dict[str, int], cfg, settings: StreamSettings, manifest_
     group = c.instance_group.add()
     group.count, group.kind = settings.instances, mc.ModelInstanceGroup.KIND_CPU
     params = {"max_streams": settings.max_streams, "max_frames_per_request": cfg.limits.max_frames,
-              "max_frame_side": cfg.limits.max_frame_side, "max_text_bytes": cfg.limits.max_text_bytes,
+              "model_frames": model_frames, "max_frame_side": cfg.limits.max_frame_side, "max_text_bytes": cfg.limits.max_text_bytes,
               "bundle_manifest_sha256": manifest_sha, "layout": cfg.resolved_layout}
     for k, v in params.items():
         c.parameters[k].string_value = str(v)
@@ -162,7 +162,8 @@ def add_stream_router(tmp: Path, cfg, bundle, graph_max: dict[str, int], router_
                                    "max_batch": ensemble_batch(steps, graph_max)}
                                for s, (name, steps) in STREAM_ENSEMBLES.items()})
     (version / STREAM_FILE).write_text(json.dumps(conf, indent=2) + "\n", encoding="utf-8")
-    write_config(stream_config(manifest["model"]["dims"], cfg, settings, manifest_sha),
+    write_config(stream_config(manifest["model"]["dims"], cfg, settings, manifest_sha,
+                               int(bundle.preprocess["max_frames"])),
                  tmp / STREAM_ROUTER / "config.pbtxt")
     if not fused:
         for name, steps in STREAM_ENSEMBLES.values():

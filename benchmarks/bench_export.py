@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import tempfile
 import time
@@ -44,29 +43,20 @@ from trml_edge.model.backbone import tokenize
 from trml_edge.model.checkpoint import new_model
 from trml_edge.model.trml import text_features
 from trml_edge.profile.flops import graph_flops, matmul_peak
+from trml_edge.profile.report import VNNI_FLAGS, cpu_line
+from trml_edge.profile.report import cpu_info as report_cpu_info
 from trml_edge.routing import trim_to_eot
 from trml_edge.runtime.bundle import session_options
 
 ROOT = Path(__file__).resolve().parents[1]
 SENTENCE = "honestly i think the acting was really not very good overall to me"  # 15 tokens with SOT and EOT
-ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni",
-             "avx512_bf16", "amx_int8", "amx_bf16", "asimd", "asimddp", "sve")
 
 
 def cpu_info() -> dict[str, object]:
-    """CPU model and the ISA flags that decide ORT's INT8 kernels (VNNI or not), from /proc/cpuinfo."""
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, val = line.partition(":")
-            if key.strip() == "model name" and model in ("", platform.machine()):
-                model = val.strip()
-            elif key.strip() in ("flags", "Features") and not flags:
-                flags = set(val.split())
-    except OSError:
-        pass
-    return {"model": model, "isa": [f for f in ISA_FLAGS if f in flags], "vnni": bool({"avx512_vnni", "avx_vnni"} & flags),
-            "cores": os.cpu_count(), "machine": platform.machine()}
+    """The profile's CPU facts (model, ISA flags: VNNI or AMX change the INT8 ratios) under this script's keys."""
+    cpu = report_cpu_info()
+    return {"model": cpu["cpu_model"], "isa": cpu["isa_flags"], "vnni": bool(set(VNNI_FLAGS) & set(cpu["isa_flags"])),
+            "cores": cpu["logical_cpus"], "machine": cpu["machine"]}
 
 
 def measure(fns: dict[str, object], warmup: int, min_time: float, min_runs: int) -> dict[str, dict[str, float]]:
@@ -136,6 +126,7 @@ def main() -> None:
     ap.add_argument("--calibration-samples", type=int, default=16)
     ap.add_argument("--threads", type=int, default=0, help="threads for PyTorch and ORT alike (0: all cores)")
     args = ap.parse_args()
+    print(cpu_line({**report_cpu_info(), 'load_average': list(os.getloadavg())}), flush=True)  # first
     threads = args.threads or os.cpu_count() or 1
     load_start = os.getloadavg()
     torch.set_num_threads(threads)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trml_edge.profile.report import environment
+from trml_edge.profile.report import cpu_line, environment
 from trml_edge.serving.client import TritonClient
 from trml_edge.serving.repository import ModelSettings, RepoConfig, build_repository
 from trml_edge.serving.server import TritonServer
@@ -115,8 +115,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("bench_out/bench_recovery.json"))
     args = ap.parse_args()
     env = environment(0)
-    print(f"CPU {env['cpu_model']} ({', '.join(env['isa_flags'])}), load average "
-          f"{', '.join(f'{x:.2f}' for x in env['load_average'])}", flush=True)
+    print(cpu_line(env), flush=True)
     work = Path(tempfile.mkdtemp(prefix="trml-bench-recovery-"))
     bundle = make_bundle(work)
     runs = []

@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trml_edge.profile.report import environment
+from trml_edge.profile.report import cpu_line, environment
 from trml_edge.profile.timing import interleaved, make_requests, percentiles, triton_load
 from trml_edge.routing import COMPLETE, SCENARIOS, VISUAL_MISSING
 from trml_edge.runtime import Pipeline
@@ -300,6 +300,7 @@ def main() -> None:
                                                                 "average is below this before timing")
     ap.add_argument("--load-wait", type=float, default=600.0)
     args = ap.parse_args()
+    print(cpu_line(environment(args.threads)), flush=True)  # first: a figure is never compared across machines
     if args.stream:
         return stream_main(args)
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-serving-"))

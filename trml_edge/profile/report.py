@@ -85,6 +85,17 @@ def cpu_info() -> dict[str, Any]:
             "physical_cores": physical, "logical_cpus": os.cpu_count()}
 
 
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")  # what ORT's INT8 kernels use on x86 / Arm
+
+
+def cpu_line(env: dict[str, Any]) -> str:
+    """One line naming where a figure was measured: CPU model, ISA flags, CPUs and load (``environment`` or
+    ``cpu_info`` plus a load)."""
+    load = env.get("load_average") or list(os.getloadavg())
+    return (f"CPU: {env['cpu_model']} ({env['machine']}; {' '.join(env['isa_flags']) or 'no ISA flags read'}); "
+            f"{env['logical_cpus']} logical CPUs; load average {', '.join(f'{x:.2f}' for x in load)}")
+
+
 def environment(threads: int) -> dict[str, Any]:
     """CPU model, ISA flags, core and thread counts, load, GPUs and package versions."""
     cpu = cpu_info()

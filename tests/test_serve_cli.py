@@ -40,6 +40,7 @@ def test_serve_reloads_a_dead_model_and_exits_when_tritonserver_dies(tmp_path):
             line = proc.stdout.readline()
         assert proc.stdout.readline().startswith("admin APIs (model-repository, shared-memory, trace, logging): "
                                                  "restricted to this run's token")
+        assert proc.stdout.readline().startswith("serving version 1 of the repository")
         assert proc.stdout.readline().strip() == "layout: fused (the routers run every graph in process)"
         server = next(p for p, cmd in _children(proc.pid) if "bin/tritonserver" in cmd)
         stub = next(p for p, cmd in _children(server) if "trml_0_0" in cmd)

@@ -67,7 +67,8 @@ def test_fused_repository_holds_the_routers_and_the_bundle(tmp_path):
                                    "--threads", "1", "--router-instances", "2"])
     assert res.exit_code == 0, res.output
     assert "fused layout" in res.output
-    assert sorted(p.name for p in out.iterdir()) == ["trml", "trml_stream"]  # no graph models, no ensembles
+    assert sorted(p.name for p in out.iterdir()) == ["trml", "trml_stream", "trml_versions.json"]  # no graph
+    assert json.loads((out / "trml_versions.json").read_text())["versions"]["1"]["models"] == []  # models at all
     version = out / "trml" / "1"
     router = json.loads((version / "router.json").read_text())
     assert router["layout"] == "fused" and router["threads"] == 1

@@ -55,6 +55,14 @@ class ServingUnavailableError(ServingError):
     retryable = True
 
 
+class StreamRestartError(ServingError):
+    """The server no longer holds this stream: it was updated to a new bundle (`triton update`: a stream never
+    mixes two bundles' windows) or its router restarted. Retryable: start a new stream and send its window
+    again; the old window's frames are not scored by the new version."""
+
+    retryable = True
+
+
 class StreamLimitError(ServingError):
     """A new stream was refused because the live-stream bound is reached. Retryable: try again after a
     stream ends or times out (Triton answers it with UNAVAILABLE / HTTP 503)."""

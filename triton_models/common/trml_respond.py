@@ -65,7 +65,30 @@ def fused_pipeline(here, conf, limits):
     pipe = Pipeline(bundle, threads=int(conf["threads"]), limits=limits, chunk_rows=conf["graph_max_batch"])
     for graph in bundle.graphs:  # every session now: the model is ready when Triton says so, the first request fast
         bundle.session(graph, pipe.providers, pipe.threads)
+    frames = np.zeros((2, 32, 32, 3), np.uint8)  # and every scenario run once: ORT's first run allocates its
+    for f, t in ((frames, "warm up"), (None, "warm up"), (frames, None)):  # arenas; a version switch (triton
+        pipe.predict(f, t)  # update) moves requests here only once this returned
+    pipe.rows, pipe.trace = {}, []  # the warm-up is not served work (trml_graph_rows_total)
     return pipe
+
+
+def version_gauges(model, params):
+    """``trml_repository_version{model}`` (the repository version this router serves) and
+    ``trml_update_rollbacks{model}`` (updates of the repository rolled back so far), from the config parameters
+    ``triton update`` sets when it loads a version; keep the result on the model. One series per router, set by
+    the generation that loads last (the one that serves): an old generation never deletes it, since deleting a
+    series removes it for every process that holds it."""
+    out = []
+    for name, desc, value in (
+            ("trml_repository_version", "The repository version this router serves (trml-edge triton update)",
+             params.get("trml_repository_version", "1")),
+            ("trml_update_rollbacks", "Updates of this repository rolled back so far (failed probations and "
+             "trml-edge triton rollback)", params.get("trml_update_rollbacks", "0"))):
+        family = pb_utils.MetricFamily(name=name, kind=pb_utils.MetricFamily.GAUGE, description=desc)
+        metric = family.Metric(labels={"model": model})
+        metric.set(float(value))
+        out.append((family, metric))
+    return out
 
 
 class Counters:

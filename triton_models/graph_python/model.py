@@ -47,6 +47,22 @@ class TritonPythonModel:
         self.session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
         self.inputs = [i["name"] for i in cfg["input"]]
         self.outputs = [o["name"] for o in cfg["output"]]
+        self._warm(cfg)
+
+    def _warm(self, cfg):
+        """One run on zeros of the smallest shapes, so that the first request (after a version switch too) does
+        not pay ORT's first-run allocations. Best effort: a graph that refuses zeros is simply not warmed."""
+        types = {"TYPE_FP32": np.float32, "TYPE_FP16": np.float16, "TYPE_INT64": np.int64, "TYPE_INT32": np.int32,
+                 "TYPE_BOOL": np.bool_, "TYPE_UINT8": np.uint8}
+        batched = int(cfg.get("max_batch_size", 0)) > 0
+        try:
+            feeds = {}
+            for i in cfg["input"]:
+                dims = [1 if int(d) < 0 else int(d) for d in i["dims"]]
+                feeds[i["name"]] = np.zeros(([1] if batched else []) + dims, types[i["data_type"]])
+            self.session.run(None, feeds)
+        except Exception as e:  # noqa: BLE001 - warming is an optimization; the first request tells the truth
+            pb_utils.Logger.log_warn(f"{cfg.get('name')}: not warmed ({type(e).__name__}: {e})")
 
     def execute(self, requests):
         feeds = [{n: pb_utils.get_input_tensor_by_name(r, n).as_numpy() for n in self.inputs} for r in requests]

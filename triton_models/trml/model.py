@@ -68,6 +68,7 @@ class TritonPythonModel:
         )
         self.batched = int(cfg.get("max_batch_size", 0)) > 0  # else requests carry no batch axis
         self.counters = trml_respond.Counters(args["model_name"])
+        self.gauges = trml_respond.version_gauges(args["model_name"], params)
         self.fused = self.router.get("layout") == "fused"
         if self.fused:  # the graphs in this process, run by the package's own runtime
             self.pipe = trml_respond.fused_pipeline(_HERE, self.router, self.limits)

@@ -85,6 +85,7 @@ class TritonPythonModel:
             tok = conf["tokenizer"]
             self.tokenizer = tokenizer.BPETokenizer(os.path.join(_HERE, tok["file"]), int(tok["context_length"]))
         self.counters = trml_respond.Counters(args["model_name"])
+        self.gauges = trml_respond.version_gauges(args["model_name"], params)
         labels = {"model": args["model_name"], "instance": args.get("model_instance_name", "")}
         # the families must outlive their metrics: kept on self
         self._families = (

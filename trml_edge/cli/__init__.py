@@ -18,7 +18,7 @@ def _register() -> None:
     # Each module adds its commands to `app` (or a sub-app) on import.
     from trml_edge.cli import data_cmds, demo_cmds, train_cmds  # noqa: F401
 
-    for optional in ("export_cmds", "serve_cmds", "features_cmds", "profile_cmds", "doctor_cmds", "predict_cmds"):
+    for optional in ("export_cmds", "serve_cmds", "features_cmds", "profile_cmds", "doctor_cmds", "predict_cmds", "update_cmds"):
         try:
             __import__(f"trml_edge.cli.{optional}")
         except ModuleNotFoundError as e:

@@ -96,8 +96,8 @@ def serve(
     backend_directory: Optional[Path] = typer.Option(None, help="Triton backends [default: beside the binary]"),
     log_file: Optional[Path] = typer.Option(None, help="server log [default: a temporary file, printed]"),
     supervise: bool = typer.Option(True, "--supervise/--no-supervise",
-                                   help="reload a model whose Python-backend process died (explicit model "
-                                        "control); --no-supervise leaves Triton's default model control"),
+                                   help="reload a model whose Python-backend process died; models are loaded "
+                                        "explicitly either way (the committed version's: `triton update`)"),
     admin_token_file: Optional[Path] = typer.Option(None, help="write this run's admin token here (mode 0600), "
                                                                "for your own tooling; removed when serve stops"),
     open_admin_api: bool = typer.Option(False, "--open-admin-api",
@@ -161,7 +161,12 @@ def serve(
         visibility = token_visibility_note(security)
         if visibility:
             log(visibility)
+        for note in srv.version_notes:
+            log(note)
         layout = srv.layout()
+        if srv.serving_version is not None:
+            typer.echo(f"serving version {srv.serving_version} of the repository (`trml-edge triton versions "
+                       f"{repo}`)")
         typer.echo(f"layout: {layout}" + {"fused": " (the routers run every graph in process)",
                                           "ensemble": " (a Triton model per graph, an ensemble per scenario)"}
                    .get(layout, ""))
@@ -278,21 +283,27 @@ def _client_stream(client, video_file: Path, fps: float, text: Optional[str], re
     """`client --stream`: one TritonStream fed with a video's frames at ``fps``."""
     import numpy as np
 
-    from trml_edge.errors import DataError
+    from trml_edge.errors import DataError, StreamRestartError
     from trml_edge.serving.stream_client import TritonStream, video_stream
 
     if video is not None or frames is not None:
         raise DataError("--stream sends its own frames: give --stream VIDEO without --video or --frames")
     t0 = time.monotonic()
-    with TritonStream(client) as s:
-        updates = 0
-        for t, frame in video_stream(video_file, fps):
-            if realtime:
-                time.sleep(max(0.0, t - (time.monotonic() - t0)))
+    s = TritonStream(client)
+    updates = 0
+    for t, frame in video_stream(video_file, fps):
+        if realtime:
+            time.sleep(max(0.0, t - (time.monotonic() - t0)))
+        try:
             res = s.push(frame[None], text if updates == 0 else None)
-            out = np.asarray(res.output)
-            score = f"{float(out):+.4f}" if out.ndim == 0 else "[" + ", ".join(f"{x:+.4f}" for x in out) + "]"
-            typer.echo(f"t={t:7.2f}s  score={score}  virtual_modality={res.virtual_modality or '-'}")
-            updates += 1
-        if updates == 0:
-            raise DataError(f"--stream {video_file} has no frames; give a video with at least one frame")
+        except StreamRestartError as e:  # the server was updated: a new stream, from this frame on
+            typer.echo(f"t={t:7.2f}s  {e}; restarting the stream from this frame", err=True)
+            s = TritonStream(client)
+            res = s.push(frame[None], text)
+        out = np.asarray(res.output)
+        score = f"{float(out):+.4f}" if out.ndim == 0 else "[" + ", ".join(f"{x:+.4f}" for x in out) + "]"
+        typer.echo(f"t={t:7.2f}s  score={score}  virtual_modality={res.virtual_modality or '-'}")
+        updates += 1
+    s.close()  # the end flag frees the stream on the server (after an error the server's idle timeout does)
+    if updates == 0:
+        raise DataError(f"--stream {video_file} has no frames; give a video with at least one frame")

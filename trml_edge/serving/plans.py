@@ -26,10 +26,12 @@ def check_plan_versions(repo: str | Path, tritonserver: str | Path | None = None
     """Refuse a TensorRT repository whose plans this server or GPU cannot load; returns the server's TensorRT
     version (None when the repository holds no plans or the version cannot be told)."""
     say = log or (lambda line: None)
-    router = Path(repo) / "trml" / "1" / "router.json"
+    from trml_edge.serving.versions import router_dir
+
     try:
+        router = router_dir(Path(repo)) / "router.json"
         plans = json.loads(router.read_text()).get("tensorrt") or {}
-    except (OSError, ValueError):
+    except (OSError, ValueError, ServingError):
         return None  # not a trml repository, or not readable: TritonServer says so when it starts
     if not plans:
         return None

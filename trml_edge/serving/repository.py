@@ -35,7 +35,10 @@ only where they run differs. Every ``config.pbtxt`` is built as Triton's own ``M
 I/O declaration in ``trml_edge.graphs``, the routes in ``trml_edge.routing`` and the bundle's manifest (dims,
 TensorRT profiles); no name, dtype or dim is typed here a second time. The ensembles are wired by tensor name:
 a graph's input is fed by the graph output of the same name, and a generator's ``x_hat`` stands in for ``x``.
-The repository is assembled in a hidden directory beside ``out`` and renamed into place.
+The repository is assembled in a hidden directory beside ``out`` and renamed into place. It is version 1 of
+itself: ``REPO/trml_versions.json`` records it, and each router's config serves version 1 by name and keeps a
+copy in its version folder (``trml_config.pbtxt``), so that ``triton update`` can add version 2 beside it
+(``serving/versions.py``).
 """
 
 from __future__ import annotations
@@ -282,6 +285,49 @@ def _graph_models(tmp: Path, bundle, cfg: RepoConfig) -> dict[str, int]:
     return graph_max
 
 
+def settings_of(cfg: RepoConfig) -> dict[str, Any]:
+    """The settings a repository was built with (everything but the bundle and the paths): an update builds the
+    new bundle's version with the same ones."""
+    d = asdict(cfg)
+    for k in ("bundle", "out", "force"):
+        d.pop(k)
+    d["layout"] = cfg.resolved_layout
+    return d
+
+
+def config_from_settings(settings: dict[str, Any], bundle: str, out: str) -> RepoConfig:
+    from trml_edge.serving.stream_repo import StreamSettings
+
+    s = dict(settings)
+    stream = s.pop("stream", None)
+    return RepoConfig(bundle=bundle, out=out, graphs=ModelSettings(**s.pop("graphs")),
+                      router=ModelSettings(**s.pop("router")), limits=RequestLimits(**s.pop("limits")),
+                      stream=StreamSettings(**stream) if stream else None, **s)
+
+
+def bundle_identity(bundle, manifest_sha: str) -> dict[str, Any]:
+    """What a version record says of its bundle."""
+    m = bundle.manifest
+    return {"path": str(bundle.root.resolve()), "manifest_sha256": manifest_sha, "task": m["model"]["task"],
+            "classes": int(m["model"]["dims"].get("classes", 1)), "recipe": m.get("recipe"),
+            "created": m.get("created"), "precision": {g: e["precision"] for g, e in bundle.graphs.items()}}
+
+
+def record_version_one(tmp: Path, cfg: RepoConfig, bundle: dict[str, Any]) -> None:
+    """A new repository serves version 1 by name: each router's config keeps a copy in its version folder and
+    selects it (``version_policy: specific [1]``), and ``trml_versions.json`` records it."""
+    from trml_edge.serving import versions as v
+
+    for router in v.ROUTERS:
+        cfg_file = tmp / router / "config.pbtxt"
+        if cfg_file.is_file():
+            text = cfg_file.read_text(encoding="utf-8")
+            (tmp / router / "1" / v.CONFIG_COPY).write_text(text, encoding="utf-8")
+            cfg_file.write_text(v.with_version_policy(text, 1), encoding="utf-8")
+    graph_models = sorted(p.name for p in tmp.iterdir() if (p / "config.pbtxt").is_file() and p.name not in v.ROUTERS)
+    v.write_state(tmp, v.initial_state(cfg.resolved_layout, settings_of(cfg), bundle, graph_models))
+
+
 def build_repository(cfg: RepoConfig) -> Path:
     """Generate the repository ``cfg.out`` from the (hash-checked) bundle ``cfg.bundle``."""
     from trml_edge.runtime.bundle import MANIFEST, load_bundle, sha256_file
@@ -334,6 +380,7 @@ def build_repository(cfg: RepoConfig) -> Path:
         from trml_edge.serving.stream_repo import add_stream_router  # the stateful stream router
 
         add_stream_router(tmp, cfg, bundle, graph_max, version / BUNDLE_DIR if fused else None)
+        record_version_one(tmp, cfg, bundle_identity(bundle, manifest_sha))
         publish_dir(tmp, out, cfg.force, ServingError, "repository")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -36,6 +36,7 @@ from pathlib import Path
 from trml_edge.errors import ConfigError, MissingDependencyError, ServingError
 from trml_edge.serving.security import (ADMIN_HEADER, ServerSecurity, connect_host, endpoint_hosts, new_token,
                                         remove_token_file, restriction_flags, write_token_file)
+from trml_edge.serving.versions import LOCK_FILE
 
 HOST = "127.0.0.1"
 
@@ -121,6 +122,7 @@ class TritonServer:
         self.http_port = self.grpc_port = self.metrics_port = 0
         self.supervise, self.log = supervise, log or (lambda line: None)
         self.supervisor = None
+        self.serving_version, self.version_notes = None, []  # set at start (serving/versions.py, reconcile)
         self.security = security or ServerSecurity()
         # where each endpoint listens: gRPC on host; HTTP and metrics too, but on loopback when gRPC has TLS
         self.hosts = endpoint_hosts(host, http_host, metrics_host, self.security.grpc_tls is not None)
@@ -166,8 +168,15 @@ class TritonServer:
                "--metrics-address", self.hosts["metrics"], "--metrics-port", str(self.metrics_port),
                "--exit-on-error", "true", "--strict-readiness", "true", "--exit-timeout-secs", "10",
                "--disable-auto-complete-config"]
-        if self.supervise:  # the supervisor reloads a broken model through the repository API
-            cmd += ["--model-control-mode", "explicit", "--load-model", "*"]
+        # explicit model control: the supervisor reloads a broken model and `triton update` switches versions
+        # through the repository API; only the committed version's models load (serving/versions.py)
+        from trml_edge.serving.versions import reconcile, serving_models
+
+        self.serving_version, self.version_notes = reconcile(self.repo)
+        models = serving_models(self.repo)
+        cmd += ["--model-control-mode", "explicit"]
+        for m in (models if models is not None else ["*"]):
+            cmd += ["--load-model", m]
         if self._token is not None:
             cmd += restriction_flags(self._token)
         if self.security.grpc_tls is not None:
@@ -199,7 +208,8 @@ class TritonServer:
                 if self.supervise:
                     from trml_edge.serving.supervisor import Supervisor
 
-                    self.supervisor = Supervisor(self.proc.pid, self.request, self.log).start()
+                    self.supervisor = Supervisor(self.proc.pid, self.request, self.log,
+                                                 update_lock=self.repo / LOCK_FILE).start()
                 return self
             time.sleep(0.25)
         self.stop()
@@ -239,8 +249,10 @@ class TritonServer:
     def layout(self) -> str:
         """The layout of the repository served (``router.json``): fused, ensemble, or unknown."""
         try:
-            return json.loads((self.repo / "trml" / "1" / "router.json").read_text()).get("layout", "ensemble")
-        except (OSError, ValueError):
+            from trml_edge.serving.versions import router_dir
+
+            return json.loads((router_dir(self.repo) / "router.json").read_text()).get("layout", "ensemble")
+        except (OSError, ValueError, ServingError):
             return "unknown"
 
     def request(self, path: str, data: bytes | None = None, timeout: float = 2.0) -> tuple[int, bytes]:

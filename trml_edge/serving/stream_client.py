@@ -8,8 +8,10 @@
     # leaving the block sends the end flag, which frees the stream on the server
 
 Errors: an update the server refuses as malformed, or to a stream that is not live, raises ``RequestError``;
-a new stream over the server's bound raises ``StreamLimitError`` (retryable: try again later); any other
-failure ``ServingError``.
+a new stream over the server's bound raises ``StreamLimitError`` (retryable: try again later); an update to a
+stream the server no longer holds (it was updated to a new bundle, or its router restarted) raises
+``StreamRestartError`` (retryable: open a new stream, send the window again); any other failure
+``ServingError``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Iterator
 
 import numpy as np
 
-from trml_edge.errors import DataError, RequestError, StreamLimitError
+from trml_edge.errors import DataError, RequestError, StreamLimitError, StreamRestartError
 from trml_edge.serving.client import ClientResult, TritonClient, _lib, error_from
 
 STREAM_ROUTER = "trml_stream"
@@ -55,6 +57,9 @@ class TritonStream:
                                               sequence_end=end)
         except exc as e:
             err = stream_error(e)
+            if isinstance(err, StreamRestartError):  # the server lost it: this object is done
+                self.ended = True
+                raise StreamRestartError(f"stream {self.sequence_id}: {err}") from None
             # a refused start opened nothing: the next push starts the stream again; any other answer means
             # the server has the stream (a malformed first update still opens it)
             self.started = self.started or not isinstance(err, StreamLimitError)
@@ -94,6 +99,11 @@ def stream_error(e) -> Exception:
     msg = e.message() if hasattr(e, "message") else str(e)
     if status in ("503", "StatusCode.UNAVAILABLE") and "refused" in msg:
         err = StreamLimitError(f"the server refused a new stream: {msg}")
+        err.status = status
+        return err
+    if "START flag" in msg:  # Triton's sequence batcher: no such sequence in the model version that serves now
+        err = StreamRestartError("the server no longer holds this stream (it was updated to a new bundle, or its "
+                                 f"router restarted): start a new stream and send its window again ({msg})")
         err.status = status
         return err
     return error_from(e)

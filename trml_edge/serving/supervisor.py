@@ -17,6 +17,9 @@ API (server started with ``--model-control-mode=explicit``, docs: "Model Managem
    * **retired** when the supervisor's own reload replaced it (its pid was recorded before the reload);
    * **unloaded** when its model is no longer loaded (an ``unload`` through the repository API, by the holder
      of the admin token): left alone;
+   * **retired by a version switch** when the version it served is no longer loaded while another version of
+     the model is (``triton update`` and ``rollback``); and while an update holds the repository's lock
+     (``REPO/.trml-update.lock``), no death is judged: the update rolls back a crash of its new version;
    * otherwise, once the model's state has settled (a model LOADING or UNLOADING is waited for), a **crash**
      of a model that is READY.
 
@@ -63,6 +66,7 @@ class Stub:
     model: str  # the model's name: its folder in the repository
     instance: str  # Triton's instance name, e.g. text_encoder_0_0
     start: int = 0  # start time in clock ticks after boot (/proc/PID/stat field 22): orders the generations
+    version: str = ""  # the model version it serves: its folder REPO/<model>/<version>/
 
 
 def _read(path: str) -> bytes:
@@ -90,16 +94,17 @@ def stubs_of(server_pid: int) -> list[Stub]:
         if not argv or not argv[0].decode(errors="replace").endswith(STUB) or len(argv) < 3:
             continue
         args = [a.decode(errors="replace") for a in argv if a]
-        model = Path(args[1]).parent.parent.name  # REPO/<model>/<version>/model.py
+        model_file = Path(args[1])  # REPO/<model>/<version>/model.py
+        model = model_file.parent.parent.name
         instance = next((a for a in reversed(args) if a.startswith(f"{model}_")), model)
-        out.append(Stub(int(entry), model, instance, int(fields[19])))
+        out.append(Stub(int(entry), model, instance, int(fields[19]), model_file.parent.name))
     return out
 
 
 def successor(dead: Stub, live: list[Stub]) -> Stub | None:
     """The live stub that took ``dead``'s place: same model and instance, started after it (a later load)."""
     later = [s for s in live if s.model == dead.model and s.instance == dead.instance and s.pid != dead.pid
-             and (s.start, s.pid) > (dead.start, dead.pid)]
+             and (s.start, s.pid) > (dead.start, dead.pid) and s.version == dead.version]
     return min(later, key=lambda s: (s.start, s.pid)) if later else None
 
 
@@ -124,8 +129,9 @@ class Supervisor:
 
     def __init__(self, server_pid: int, request: Callable[[str, bytes | None, float], tuple[int, bytes]],
                  log: Callable[[str], None], poll_s: float = 0.5, reload_timeout_s: float = 120.0,
-                 max_attempts: int = len(RETRY_S) + 1):
+                 max_attempts: int = len(RETRY_S) + 1, update_lock: Path | None = None):
         self.pid, self.request, self.log = server_pid, request, log
+        self.update_lock = update_lock  # while `triton update` holds it, deaths are judged after the update
         self.poll_s, self.reload_timeout_s, self.max_attempts = poll_s, reload_timeout_s, max_attempts
         self.events: list[dict] = []  # every judgement and reload, for tests and reports
         self._stop = threading.Event()
@@ -202,6 +208,9 @@ class Supervisor:
 
     def _judge(self, model: str, case: _Case) -> None:
         """Decide what the unresolved deaths of ``model`` were, and reload it if they were a crash."""
+        if update_running(self.update_lock):  # the update switches versions and rolls back a crash itself
+            case.next_at = time.monotonic() + SETTLE_POLL_S
+            return
         live = stubs_of(self.pid)
         replaced = [s for s in case.dead if successor(s, live) is not None]
         for s in replaced:  # a later load took their place: an operator's, an update's, or ours
@@ -210,7 +219,13 @@ class Supervisor:
         if not case.dead:
             del self._cases[model]
             return
-        state, reason = self.status(model)
+        versions = {s.version for s in case.dead}
+        state, reason = self.status(model, versions.pop() if len(versions) == 1 else None)
+        if state == "RETIRED":  # the version it served was unloaded while another serves: an update's switch
+            for s in case.dead:
+                self._event("version_retired", model, instance=s.instance, pid=s.pid, version=s.version)
+            del self._cases[model]
+            return
         if state in ("LOADING", "UNLOADING"):  # a load or unload is under way: judge once it is over
             case.settle_until = case.settle_until or time.monotonic() + self.reload_timeout_s
             if time.monotonic() < case.settle_until:
@@ -283,10 +298,12 @@ class Supervisor:
                      f"Triton kept alive ({rss:.0f} MB)")
             self._event("ended_lingering", r.model, pid=pid, seconds=age, rss_mb=rss)
 
-    def status(self, model: str) -> tuple[str | None, str | None]:
+    def status(self, model: str, version: str | None = None) -> tuple[str | None, str | None]:
         """(state, reason) of ``model`` in Triton's repository index: READY, LOADING, UNLOADING, UNAVAILABLE
         (reason "unloaded" after an unload, Triton's error after a failed load); (None, None) if the index
-        cannot be read. A stub that dies by itself leaves its model READY (the gap this class closes)."""
+        cannot be read. A stub that dies by itself leaves its model READY (the gap this class closes).
+        With ``version``: that version's state, or RETIRED when it is no longer loaded while another version of
+        the model is (a version switch)."""
         try:
             status, body = self.request("/v2/repository/index", b"{}", 5.0)
             models = json.loads(body) if status == 200 else None
@@ -297,7 +314,16 @@ class Supervisor:
         rows = [m for m in models if m.get("name") == model]
         if not rows:
             return "UNAVAILABLE", "unloaded"  # no longer in the index at all
-        return rows[0].get("state"), rows[0].get("reason")
+        if version:
+            mine = [r for r in rows if str(r.get("version")) == version]
+            others = [r for r in rows if str(r.get("version")) != version and r.get("state") in ("READY", "LOADING")]
+            if (not mine or mine[0].get("state") not in ("READY", "LOADING", "UNLOADING")) and others:
+                return "RETIRED", None
+            if mine:
+                rows = mine
+        rank = {"READY": 0, "LOADING": 1, "UNLOADING": 2}  # a model with several versions: the most alive one
+        row = min(rows, key=lambda r: rank.get(r.get("state"), 3))
+        return row.get("state"), row.get("reason")
 
     def state(self, model: str) -> str | None:
         return self.status(model)[0]
@@ -331,6 +357,17 @@ class _Retired:
     since: float  # monotonic time of the swap
     ticks: int | None  # its CPU time (user + system clock ticks) when last read
     checked: float
+
+
+def update_running(lock: Path | None) -> bool:
+    """Whether ``triton update`` (or ``rollback``) holds the repository's lock: the file names a live pid."""
+    if lock is None:
+        return False
+    try:
+        pid = int(Path(lock).read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return False
+    return os.path.exists(f"/proc/{pid}")
 
 
 def _cpu_ticks(pid: int) -> int | None:

@@ -378,7 +378,8 @@ class Updater:
         errors0 = error_count(self.metrics_url)
         watched = {s.pid: s for s in stubs_of(self.server_pid) if s.version == str(version)} \
             if self.server_pid else {}
-        deadline = time.monotonic() + seconds
+        began = time.monotonic()
+        deadline = began + seconds
         rounds = 0
         try:
             while True:
@@ -403,7 +404,8 @@ class Updater:
                     return (f"the routers counted {errors - errors0:.0f} failed requests during the probation "
                             "(trml_requests_total, outcome error or unavailable)")
                 if time.monotonic() >= deadline:
-                    self.log(f"probation passed: {rounds} rounds of golden requests in {seconds:g} s")
+                    self.log(f"probation passed: {rounds} rounds of golden requests in {time.monotonic() - began:.1f} s "
+                             f"(--probation {seconds:g})")
                     return None
                 time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
         finally:

@@ -110,9 +110,10 @@ def start(layout: str, name: str):
     return srv, repo, token
 
 
-def cli(*args, timeout=600):
-    return subprocess.run([sys.executable, "-m", "trml_edge", "triton", *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout)
+def cli(*args, timeout=300):
+    bounded = ["--load-timeout", "60"] if args[0] in ("update", "rollback") else []  # a stuck load fails fast
+    return subprocess.run([sys.executable, "-m", "trml_edge", "triton", *map(str, args), *bounded],
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def metric(srv, name: str) -> dict[str, float]:
@@ -291,12 +292,109 @@ def test_a_crash_during_the_probation_is_a_rollback_not_a_supervisor_reload(fuse
     err = out.get("error", "")  # the death is seen by the process watch or by the golden request it breaks
     assert "failed its probation" in err and ("died during the probation (trml_0_0)" in err or "Stub process "
                                               "'trml_0_0' is not healthy" in err) and "version 1 serves" in err, out
-    time.sleep(2.0)  # the supervisor judges the death once the lock is gone
+    deadline = time.monotonic() + 30  # the supervisor judges the death once the lock is gone
+    while time.monotonic() < deadline and not [e for e in srv.supervisor.events[events:] if e.get("pid") == victim.pid]:
+        time.sleep(0.2)
+    judged = [e for e in srv.supervisor.events[events:] if e.get("pid") == victim.pid]
+    assert [e["event"] for e in judged] == ["version_retired"], (srv.supervisor.events[events:], srv.lines[-10:])
     assert not [e for e in srv.supervisor.events[events:] if e["event"] in ("detected", "reloaded")], \
         srv.supervisor.events[events:]
     from trml_edge.serving.client import TritonClient
 
     assert which(0, float(TritonClient(srv.url).infer(*CASES[0]).output)) == "A"
+
+
+def _update_with_a_stuck_first_stub(srv, repo, token, attempts: int) -> tuple[dict, int, float]:
+    """An update (--load-timeout 8) whose first stub of the new version's ``trml`` router never finishes its
+    initialize: the test stops it (SIGSTOP) once it runs its model's code (ONNX Runtime mapped: the router
+    builds its sessions in initialize), as a deadlock in model code would; Triton's load then waits for it
+    for ever. (what the update returned or raised, the stuck stub's pid, seconds from the stop to the end)"""
+    from trml_edge.serving.supervisor import stubs_of
+    from trml_edge.serving.update import RolledBack, UpdateConfig, update
+
+    state = json.loads((repo / "trml_versions.json").read_text())
+    new = str(max(int(k) for k in state["versions"]) + 1)
+    out: dict = {"log": [], "new": new}
+
+    def run():
+        try:
+            out["version"] = update(UpdateConfig(repo=repo, bundle=bundle_b(), url=srv.url, admin_token_file=token,
+                                                 probation_s=1, load_timeout_s=8, load_attempts=attempts,
+                                                 log=out["log"].append))
+        except RolledBack as e:
+            out["error"] = str(e)
+
+    def in_model_code(pid: int) -> bool:
+        try:
+            return "onnxruntime" in Path(f"/proc/{pid}/maps").read_text()
+        except OSError:
+            return False
+
+    t = threading.Thread(target=run)
+    t.start()
+    stuck = None
+    deadline = time.monotonic() + 120
+    while stuck is None and t.is_alive() and time.monotonic() < deadline:
+        stub = next((s for s in stubs_of(srv.proc.pid) if s.model == "trml" and s.version == new), None)
+        if stub is not None and in_model_code(stub.pid):
+            os.kill(stub.pid, signal.SIGSTOP)
+            stuck = stub.pid
+        else:
+            time.sleep(0.005)
+    assert stuck is not None, out
+    t0 = time.monotonic()
+    t.join(180)
+    assert not t.is_alive()
+    ended = [line for line in out["log"] if "did not finish within --load-timeout 8 s (attempt 1 of" in line]
+    assert len(ended) == 1 and f"ended the processes it started: trml_0_0 (pid {stuck})" in ended[0], out
+    return out, stuck, time.monotonic() - t0
+
+
+def _gone(pid: int) -> bool:
+    stat = Path(f"/proc/{pid}/stat")
+    return not stat.exists() or stat.read_text().rsplit(")", 1)[-1].split()[0] in ("Z", "X")
+
+
+def test_a_load_that_never_finishes_is_ended_at_the_bound_and_tried_again_or_rolled_back(fused):
+    """The new version's router never finishes its initialize: at --load-timeout the update ends the
+    processes that load started (Triton then gives the load up) and tries once more, which here succeeds (B
+    serves); with one attempt it rolls back instead. No failed request throughout, and the supervisor reloads
+    nothing."""
+    from trml_edge.serving.supervisor import stubs_of
+    from trml_edge.serving.update import UpdateConfig, rollback
+
+    srv, repo, token = fused
+    events = len(srv.supervisor.events)
+    with Load(srv.url, n=2) as load:
+        out, stuck, took = _update_with_a_stuck_first_stub(srv, repo, token, attempts=2)
+        t1 = time.monotonic()
+        time.sleep(1.0)
+    assert "error" not in out and out["version"] == int(out["new"]), out
+    assert 8 <= took < 90, took  # the bound, Triton's give-up, the second load and a 1 s probation
+    assert _gone(stuck)
+    assert not load.failures(), load.failures()[:3]
+    assert set(load.since(0)) <= {"A", "B"} and set(load.since(t1)) == {"B"}, (load.since(0), load.since(t1))
+    assert rollback(UpdateConfig(repo=repo, bundle=None, url=srv.url, admin_token_file=token, probation_s=0.5)) == 1
+
+    with Load(srv.url, n=2) as load:
+        out, stuck, took = _update_with_a_stuck_first_stub(srv, repo, token, attempts=1)
+    err = out.get("error", "")
+    assert "could not be switched to" in err and "did not finish within --load-timeout 8 s in 1 attempt" in err \
+        and f"pid {stuck}" in err and "version 1 serves" in err, out
+    assert 8 <= took < 60, took
+    assert _gone(stuck)
+    assert not load.failures(), load.failures()[:3]
+    assert set(load.since(0)) == {"A"}, load.since(0)
+    state = json.loads((repo / "trml_versions.json").read_text())
+    assert state["serving"] == 1 and state["versions"][out["new"]]["state"] == "rolled_back"
+    assert not [s for s in stubs_of(srv.proc.pid) if s.version == out["new"]]
+    deadline = time.monotonic() + 30  # the supervisor judges the deaths once the lock is gone
+    while time.monotonic() < deadline and not [e for e in srv.supervisor.events[events:] if e.get("pid") == stuck]:
+        time.sleep(0.2)
+    judged = [e["event"] for e in srv.supervisor.events[events:] if e.get("pid") == stuck]
+    assert judged == ["version_retired"], (srv.supervisor.events[events:], srv.lines[-10:])
+    assert not [e for e in srv.supervisor.events[events:] if e["event"] in ("detected", "reloaded")], \
+        (srv.supervisor.events[events:], srv.lines[-30:])
 
 
 def test_an_open_stream_across_an_update_is_told_to_restart(fused, tmp_path):

@@ -14,6 +14,9 @@ from trml_edge.cli.serve_cmds import triton_app
 
 URL_HELP = "the server's HTTP endpoint, HOST:PORT (as `serve` printed it)"
 TOKEN_HELP = "the admin token file that `trml-edge serve --admin-token-file` wrote"
+LOAD_TIMEOUT_HELP = ("seconds one model's load may take (its instances' initialize and warm-up); past it the "
+                     "processes the load started are ended, and the load is tried again (--load-attempts)")
+LOAD_ATTEMPTS_HELP = "tries of a load that passes --load-timeout before the switch fails (an update then rolls back)"
 
 
 def _log(line: str) -> None:
@@ -42,6 +45,8 @@ def update(
     tolerance: float = typer.Option(1e-4, help="golden answers: absolute (plus the same relative) difference "
                                                 "allowed; widen it for TensorRT engines"),
     no_memory_check: bool = typer.Option(False, "--no-memory-check", help="skip the check that both versions fit"),
+    load_timeout: float = typer.Option(300.0, min=1.0, help=LOAD_TIMEOUT_HELP),
+    load_attempts: int = typer.Option(2, min=1, help=LOAD_ATTEMPTS_HELP),
 ) -> None:
     """Move the server running REPO to BUNDLE with no failed request: check the bundle before the server is
     touched, stage it as a new version, switch every router at once, watch it for --probation seconds, then
@@ -53,7 +58,8 @@ def update(
 
     cfg = UpdateConfig(repo=repo, bundle=bundle, url=url, admin_token_file=admin_token_file, probation_s=probation,
                        allow_contract_change=allow_contract_change, golden=golden, tolerance=tolerance,
-                       memory_check=not no_memory_check, log=_log)
+                       memory_check=not no_memory_check, load_timeout_s=load_timeout, load_attempts=load_attempts,
+                       log=_log)
     t0 = time.monotonic()
     try:
         version = run_update(cfg)
@@ -68,6 +74,8 @@ def rollback(
     url: str = typer.Option("127.0.0.1:8000", help=URL_HELP),
     admin_token_file: Path = typer.Option(..., help=TOKEN_HELP),
     probation: float = typer.Option(5.0, help="seconds of golden requests after switching back"),
+    load_timeout: float = typer.Option(300.0, min=1.0, help=LOAD_TIMEOUT_HELP),
+    load_attempts: int = typer.Option(2, min=1, help=LOAD_ATTEMPTS_HELP),
 ) -> None:
     """Switch the server back to the version that served before this one (kept on disk), the way an update
     switches: no failed request. Exit status 0 when it serves, 2 when there is none to go back to."""
@@ -76,7 +84,7 @@ def rollback(
     from trml_edge.serving.update import rollback as run_rollback
 
     cfg = UpdateConfig(repo=repo, bundle=None, url=url, admin_token_file=admin_token_file, probation_s=probation,
-                       log=_log)
+                       load_timeout_s=load_timeout, load_attempts=load_attempts, log=_log)
     try:
         version = run_rollback(cfg)
     except TrmlEdgeError as e:

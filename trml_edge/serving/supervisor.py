@@ -18,7 +18,9 @@ API (server started with ``--model-control-mode=explicit``, docs: "Model Managem
    * **unloaded** when its model is no longer loaded (an ``unload`` through the repository API, by the holder
      of the admin token): left alone;
    * **retired by a version switch** when the version it served is no longer loaded while another version of
-     the model is (``triton update`` and ``rollback``); and while an update holds the repository's lock
+     the model is (``triton update`` and ``rollback``), or when the repository's version record says an update
+     left that version (rolled back, retired: Triton can list a crashed generation as UNLOADING for minutes);
+     each version among the dead is judged on its own; and while an update holds the repository's lock
      (``REPO/.trml-update.lock``), no death is judged: the update rolls back a crash of its new version;
    * otherwise, once the model's state has settled (a model LOADING or UNLOADING is waited for), a **crash**
      of a model that is READY.
@@ -51,6 +53,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
+
+from trml_edge.errors import ServingError
+from trml_edge.serving.versions import read_state
 
 STUB = "triton_python_backend_stub"
 RELOAD_PARAMETER = "trml_supervisor_reload"  # the config parameter a background reload changes
@@ -219,13 +224,17 @@ class Supervisor:
         if not case.dead:
             del self._cases[model]
             return
-        versions = {s.version for s in case.dead}
-        state, reason = self.status(model, versions.pop() if len(versions) == 1 else None)
-        if state == "RETIRED":  # the version it served was unloaded while another serves: an update's switch
-            for s in case.dead:
-                self._event("version_retired", model, instance=s.instance, pid=s.pid, version=s.version)
+        done = self._update_versions()
+        for version in sorted({s.version for s in case.dead}):  # each version judged on its own
+            if version in done or self.status(model, version)[0] == "RETIRED":  # an update's (see _update_versions)
+                for s in [s for s in case.dead if s.version == version]:
+                    self._event("version_retired", model, instance=s.instance, pid=s.pid, version=s.version)
+                case.dead = [s for s in case.dead if s.version != version]
+        if not case.dead:
             del self._cases[model]
             return
+        versions = {s.version for s in case.dead}
+        state, reason = self.status(model, versions.pop() if len(versions) == 1 else None)
         if state in ("LOADING", "UNLOADING"):  # a load or unload is under way: judge once it is over
             case.settle_until = case.settle_until or time.monotonic() + self.reload_timeout_s
             if time.monotonic() < case.settle_until:
@@ -297,6 +306,21 @@ class Supervisor:
             self.log(f"model {r.model}: ended pid {pid} of the generation its reload replaced {age:.0f} s ago, which "
                      f"Triton kept alive ({rss:.0f} MB)")
             self._event("ended_lingering", r.model, pid=pid, seconds=age, rss_mb=rss)
+
+    def _update_versions(self) -> set[str]:
+        """The versions an update or rollback has left (rolled back, retired, removed: the record of the
+        repository, serving/versions.py): a death of one of their stubs is the update's, never a crash, even
+        while Triton still lists that version (a crashed generation can stay UNLOADING for a long time)."""
+        if self.update_lock is None:
+            return set()
+        try:
+            state = read_state(Path(self.update_lock).parent)
+        except ServingError:  # an unreadable record: judged by Triton's index alone
+            return set()
+        if state is None:
+            return set()
+        return {k for k, e in state["versions"].items()
+                if k != str(state["serving"]) and e.get("state") in ("rolled_back", "retired", "removed")}
 
     def status(self, model: str, version: str | None = None) -> tuple[str | None, str | None]:
         """(state, reason) of ``model`` in Triton's repository index: READY, LOADING, UNLOADING, UNAVAILABLE

@@ -16,7 +16,10 @@ The steps (docs/serving.md, "Updating a running server"):
 3. **switch**: (ensemble) load the new graph models and ensembles beside the old; then load each router with
    its version N+1 config (``version_policy: specific [N+1]``, through the load API's config override): Triton
    starts N+1's instances (each router warms every scenario in ``initialize``), moves new requests to it once
-   it is ready and lets N finish what it holds;
+   it is ready and lets N finish what it holds. Each load is bounded (``load_timeout_s``): a Python model
+   whose ``initialize`` never returns holds Triton's load for ever (the backend waits on the stub as long as
+   the stub lives), so the update ends the stub processes that load started at the bound, which makes Triton
+   give the load up, tries it again (``load_attempts`` in all), then rolls back;
 4. **probation** (``probation_s``): the golden requests, per scenario and one stream, every second; the
    routers' error counters; the new version's stub processes. A mismatch, an error or a dead process rolls
    back to N (the routers loaded with version N's config, which also counts the rollback in
@@ -33,6 +36,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -57,6 +61,10 @@ class RolledBack(ServingError):
     """The new version failed its probation, or could not be switched to: the old one serves again."""
 
 
+class AdminTimeout(ServingError):
+    """The server did not answer an admin call within its timeout (a load still under way)."""
+
+
 @dataclass
 class UpdateConfig:
     repo: Path
@@ -68,6 +76,8 @@ class UpdateConfig:
     golden: Path | None = None  # expected answers to use instead of the new runtime's (tests, audits)
     tolerance: float = 1e-4  # golden answers: absolute, plus the same relative (widen for TensorRT engines)
     memory_check: bool = True
+    load_timeout_s: float = 300.0  # one model's load (its instances' initialize, warm-up included)
+    load_attempts: int = 2  # a load past the bound is ended and tried again this many times in all
     log: Callable[[str], None] = field(default=lambda line: None)
 
 
@@ -90,6 +100,11 @@ class Admin:
                 return r.status, r.read()
         except urllib.error.HTTPError as e:
             return e.code, e.read()
+        except (TimeoutError, urllib.error.URLError) as e:
+            if isinstance(e, TimeoutError) or isinstance(getattr(e, "reason", None), TimeoutError):
+                raise AdminTimeout(f"the server at {self.url} did not answer {path} within {timeout:g} s") from None
+            raise ServingError(f"could not reach the server at {self.url} ({e}); is `trml-edge serve` running "
+                               "there? give its HTTP HOST:PORT with --url") from None
         except OSError as e:
             raise ServingError(f"could not reach the server at {self.url} ({e}); is `trml-edge serve` running "
                                "there? give its HTTP HOST:PORT with --url") from None
@@ -358,12 +373,60 @@ class Updater:
     def switch(self, version: int) -> None:
         entry = self.state["versions"][str(version)]
         for m in sorted(entry.get("models", []), key=lambda n: n.startswith("trml")):  # graphs, then ensembles
-            self.admin.load(m)
+            self._load(m)
         for router in V.ROUTERS:
             if (self.repo / router / str(version)).is_dir():
                 t0 = time.monotonic()
-                self.admin.load(router, router_config(self.repo, router, version, int(self.state["rollbacks"])))
+                self._load(router, router_config(self.repo, router, version, int(self.state["rollbacks"])))
                 self.log(f"{router}: version {version} loaded and serving ({time.monotonic() - t0:.1f} s)")
+
+    def _load(self, model: str, config: dict | None = None) -> None:
+        """One admin load, bounded by ``load_timeout_s`` and tried up to ``load_attempts`` times. At the bound,
+        the processes this load started (the model's stubs that were not there before it) are ended:
+        python_backend waits for a stub's ``initialize`` for as long as the stub lives and gives the load up
+        once it dies, while Triton keeps serving the config it had. ServingError says what happened."""
+        from trml_edge.serving.supervisor import stubs_of
+
+        bound, attempts = self.cfg.load_timeout_s, max(1, int(self.cfg.load_attempts))
+        for attempt in range(1, attempts + 1):
+            before = {s.pid for s in stubs_of(self.server_pid)} if self.server_pid else set()
+            try:
+                self.admin.load(model, config, timeout=bound)
+                return
+            except AdminTimeout:
+                pass
+            if not self.server_pid:
+                raise ServingError(f"loading {model} did not finish within --load-timeout {bound:g} s, and the "
+                                   "server's processes are not visible from here (another box or container), so "
+                                   "the load could not be ended: restart the server")
+            started = [s for s in stubs_of(self.server_pid) if s.model == model and s.pid not in before]
+            for s in started:
+                try:
+                    os.kill(s.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            ended = ", ".join(f"{s.instance} (pid {s.pid})" for s in started) or "none found"
+            settled = self._settle(model, 60.0)
+            self.log(f"{model}: the load did not finish within --load-timeout {bound:g} s (attempt {attempt} of "
+                     f"{attempts}); ended the processes it started: {ended}"
+                     + ("" if settled else "; Triton still reports the load under way"))
+            if not settled or attempt == attempts:
+                raise ServingError(f"loading {model} did not finish within --load-timeout {bound:g} s in "
+                                   f"{attempt} attempt(s) (an instance's initialize that never returned); the "
+                                   f"processes the last one started were ended ({ended})"
+                                   + ("" if settled else "; Triton still reports the load under way"))
+
+    def _settle(self, model: str, seconds: float) -> bool:
+        """Wait until no version of ``model`` is LOADING in the repository index; False at the bound."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                if not any(m.get("name") == model and m.get("state") == "LOADING" for m in self.admin.index()):
+                    return True
+            except ServingError:
+                pass
+            time.sleep(0.2)
+        return False
 
     # 4. probation
     def probation(self, version: int, golden: dict, seconds: float) -> str | None:
@@ -462,7 +525,7 @@ class Updater:
         self.state["rollbacks"] = int(self.state["rollbacks"]) + 1
         for router in V.ROUTERS:
             if (self.repo / router / str(self.serving)).is_dir():
-                self.admin.load(router, router_config(self.repo, router, self.serving, int(self.state["rollbacks"])))
+                self._load(router, router_config(self.repo, router, self.serving, int(self.state["rollbacks"])))
         for m in self.state["versions"][str(failed)].get("models", []):
             try:
                 self.admin.unload(m)
@@ -504,7 +567,12 @@ def update(cfg: UpdateConfig) -> int:
         try:
             u.switch(new)
         except ServingError as e:
-            u.roll_back(new, f"switching to it failed: {e}")
+            try:
+                u.roll_back(new, f"switching to it failed: {e}")
+            except ServingError as again:
+                raise ServingError(f"version {new} could not be switched to ({e}), and switching back failed too "
+                                   f"({again}); restart `trml-edge serve`: it serves the committed version "
+                                   f"{u.serving}") from None
             raise RolledBack(f"version {new} could not be switched to ({e}); rolled back, version {u.serving} "
                              "serves") from None
         why = u.probation(new, golden, cfg.probation_s)
@@ -529,7 +597,12 @@ def rollback(cfg: UpdateConfig) -> int:
         golden_file = u.repo / "trml" / str(target) / "golden.json"
         golden = json.loads(golden_file.read_text()) if golden_file.is_file() else None
         u.state["rollbacks"] = int(u.state["rollbacks"]) + 1
-        u.switch(target)
+        try:
+            u.switch(target)
+        except ServingError as e:
+            u.switch(current)
+            raise RolledBack(f"version {target} could not be switched to ({e}); version {current} serves again") \
+                from None
         if golden is not None:
             why = u.probation(target, golden, cfg.probation_s)
             if why is not None:

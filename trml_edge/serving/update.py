@@ -100,12 +100,9 @@ class Admin:
                 return r.status, r.read()
         except urllib.error.HTTPError as e:
             return e.code, e.read()
-        except (TimeoutError, urllib.error.URLError) as e:
+        except OSError as e:  # a timeout while reading is TimeoutError; while connecting, a URLError around one
             if isinstance(e, TimeoutError) or isinstance(getattr(e, "reason", None), TimeoutError):
                 raise AdminTimeout(f"the server at {self.url} did not answer {path} within {timeout:g} s") from None
-            raise ServingError(f"could not reach the server at {self.url} ({e}); is `trml-edge serve` running "
-                               "there? give its HTTP HOST:PORT with --url") from None
-        except OSError as e:
             raise ServingError(f"could not reach the server at {self.url} ({e}); is `trml-edge serve` running "
                                "there? give its HTTP HOST:PORT with --url") from None
 

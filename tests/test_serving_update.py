@@ -259,6 +259,17 @@ def test_a_bundle_that_answers_wrong_is_rolled_back_within_the_probation(fused, 
                                                     'trml_update_rollbacks{model="trml_stream"}': 1.0}
 
 
+def _judged(srv, events: int, pid: int, seconds: float = 30.0) -> list[str]:
+    """The supervisor's events about ``pid`` since event number ``events``, once there is one (it judges a
+    death once the update's lock is gone), or none after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        judged = [e["event"] for e in srv.supervisor.events[events:] if e.get("pid") == pid]
+        if judged or time.monotonic() >= deadline:
+            return judged
+        time.sleep(0.2)
+
+
 def test_a_crash_during_the_probation_is_a_rollback_not_a_supervisor_reload(fused):
     """The new version's router process is killed during its probation: the update rolls back (the
     supervisor, which sees the update's lock, reloads nothing), and A serves."""
@@ -292,11 +303,7 @@ def test_a_crash_during_the_probation_is_a_rollback_not_a_supervisor_reload(fuse
     err = out.get("error", "")  # the death is seen by the process watch or by the golden request it breaks
     assert "failed its probation" in err and ("died during the probation (trml_0_0)" in err or "Stub process "
                                               "'trml_0_0' is not healthy" in err) and "version 1 serves" in err, out
-    deadline = time.monotonic() + 30  # the supervisor judges the death once the lock is gone
-    while time.monotonic() < deadline and not [e for e in srv.supervisor.events[events:] if e.get("pid") == victim.pid]:
-        time.sleep(0.2)
-    judged = [e for e in srv.supervisor.events[events:] if e.get("pid") == victim.pid]
-    assert [e["event"] for e in judged] == ["version_retired"], (srv.supervisor.events[events:], srv.lines[-10:])
+    assert _judged(srv, events, victim.pid) == ["version_retired"], (srv.supervisor.events[events:], srv.lines[-10:])
     assert not [e for e in srv.supervisor.events[events:] if e["event"] in ("detected", "reloaded")], \
         srv.supervisor.events[events:]
     from trml_edge.serving.client import TritonClient
@@ -388,11 +395,7 @@ def test_a_load_that_never_finishes_is_ended_at_the_bound_and_tried_again_or_rol
     state = json.loads((repo / "trml_versions.json").read_text())
     assert state["serving"] == 1 and state["versions"][out["new"]]["state"] == "rolled_back"
     assert not [s for s in stubs_of(srv.proc.pid) if s.version == out["new"]]
-    deadline = time.monotonic() + 30  # the supervisor judges the deaths once the lock is gone
-    while time.monotonic() < deadline and not [e for e in srv.supervisor.events[events:] if e.get("pid") == stuck]:
-        time.sleep(0.2)
-    judged = [e["event"] for e in srv.supervisor.events[events:] if e.get("pid") == stuck]
-    assert judged == ["version_retired"], (srv.supervisor.events[events:], srv.lines[-10:])
+    assert _judged(srv, events, stuck) == ["version_retired"], (srv.supervisor.events[events:], srv.lines[-10:])
     assert not [e for e in srv.supervisor.events[events:] if e["event"] in ("detected", "reloaded")], \
         (srv.supervisor.events[events:], srv.lines[-30:])
 

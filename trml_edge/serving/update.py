@@ -404,14 +404,13 @@ class Updater:
                     pass
             ended = ", ".join(f"{s.instance} (pid {s.pid})" for s in started) or "none found"
             settled = self._settle(model, 60.0)
+            still = "" if settled else "; Triton still reports the load under way"
             self.log(f"{model}: the load did not finish within --load-timeout {bound:g} s (attempt {attempt} of "
-                     f"{attempts}); ended the processes it started: {ended}"
-                     + ("" if settled else "; Triton still reports the load under way"))
+                     f"{attempts}); ended the processes it started: {ended}{still}")
             if not settled or attempt == attempts:
                 raise ServingError(f"loading {model} did not finish within --load-timeout {bound:g} s in "
                                    f"{attempt} attempt(s) (an instance's initialize that never returned); the "
-                                   f"processes the last one started were ended ({ended})"
-                                   + ("" if settled else "; Triton still reports the load under way"))
+                                   f"processes the last one started were ended ({ended}){still}")
 
     def _settle(self, model: str, seconds: float) -> bool:
         """Wait until no version of ``model`` is LOADING in the repository index; False at the bound."""
